@@ -1,0 +1,314 @@
+"""Numba kernels of the MLP engine: the fast path of ``reference.py``.
+
+Each kernel is private, writes into preallocated outputs and implements
+the reference function named in its docstring, loop by loop; the tests pin
+every kernel to its reference (``tests/test_backends.py``). They also run as
+plain Python under ``NUMBA_DISABLE_JIT=1``.
+
+Workspaces are flat 1-D arrays; a layer's block is a contiguous
+``(n, width)`` view made by ``_view``:
+
+* ``H``  (n * sum(sizes[:-1]),) layer inputs, block ``l`` holds ``H[l]`` (``H[0] = X``);
+* ``Z``  (n * sum(sizes[1:]),)  pre-activations, block ``l`` holds ``Z[l]``;
+* ``Hd``, ``Zd`` the same layouts for the tangents ``R{H}``, ``R{Z}``;
+* ``D``, ``Dd`` (2 * n * max(sizes),) two ping-pong halves for ``delta`` and ``R{delta}``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .activations import RELU, SIGMOID, SOFTPLUS, TANH
+
+
+# ------------------------------------------------------------ activations
+@njit(cache=True)
+def act_f(code, z):
+    """Scalar activation value (activations.py: relu, tanh, sigmoid, softplus)."""
+    if code == RELU:
+        return z if z > 0.0 else 0.0
+    if code == TANH:
+        return math.tanh(z)
+    if code == SIGMOID:
+        return 0.5 * (1.0 + math.tanh(0.5 * z))
+    return max(z, 0.0) + math.log1p(math.exp(-abs(z)))  # SOFTPLUS
+
+
+@njit(cache=True)
+def act_d1(code, z):
+    """Scalar first derivative (activations.py: *_d1)."""
+    if code == RELU:
+        return 1.0 if z > 0.0 else 0.0
+    if code == TANH:
+        t = math.tanh(z)
+        return 1.0 - t * t
+    s = 0.5 * (1.0 + math.tanh(0.5 * z))
+    if code == SIGMOID:
+        return s * (1.0 - s)
+    return s  # SOFTPLUS
+
+
+@njit(cache=True)
+def act_d2(code, z):
+    """Scalar second derivative (activations.py: *_d2)."""
+    if code == RELU:
+        return 0.0
+    if code == TANH:
+        t = math.tanh(z)
+        return -2.0 * t * (1.0 - t * t)
+    s = 0.5 * (1.0 + math.tanh(0.5 * z))
+    if code == SIGMOID:
+        return s * (1.0 - s) * (1.0 - 2.0 * s)
+    return s * (1.0 - s)  # SOFTPLUS
+
+
+# ------------------------------------------------------- matrix products
+@njit(cache=True)
+def _view(buf, offset, rows, cols):
+    """Contiguous ``(rows, cols)`` view of ``buf[offset : offset + rows*cols]``."""
+    return buf[offset:offset + rows * cols].reshape((rows, cols))
+
+
+@njit(cache=True)
+def matmul(A, B, C, accumulate):
+    """``C = A @ B`` (``C += A @ B`` if accumulate); A (m, k), B (k, p), C (m, p)."""
+    m, k = A.shape
+    p = B.shape[1]
+    if not accumulate:
+        C[:, :] = 0.0
+    for i in range(m):
+        for r in range(k):
+            a = A[i, r]
+            for j in range(p):
+                C[i, j] += a * B[r, j]
+
+
+@njit(cache=True)
+def matmul_tn(A, B, C, accumulate):
+    """``C = A.T @ B`` (or ``+=``); A (k, m), B (k, p), C (m, p)."""
+    k, m = A.shape
+    p = B.shape[1]
+    if not accumulate:
+        C[:, :] = 0.0
+    for r in range(k):
+        for i in range(m):
+            a = A[r, i]
+            for j in range(p):
+                C[i, j] += a * B[r, j]
+
+
+@njit(cache=True)
+def matmul_nt(A, B, C, accumulate):
+    """``C = A @ B.T`` (or ``+=``); A (m, k), B (p, k), C (m, p)."""
+    m, k = A.shape
+    p = B.shape[0]
+    for i in range(m):
+        for j in range(p):
+            s = C[i, j] if accumulate else 0.0
+            for r in range(k):
+                s += A[i, r] * B[j, r]
+            C[i, j] = s
+
+
+@njit(cache=True)
+def _add_colsum(delta, out):
+    """``out = sum over rows of delta``; delta (n, d), out (d,)."""
+    out[:] = 0.0
+    for i in range(delta.shape[0]):
+        for j in range(delta.shape[1]):
+            out[j] += delta[i, j]
+
+
+# ---------------------------------------------------------------- passes
+@njit(cache=True)
+def _n_rows(H, sizes):
+    """Number of samples held by an ``H`` workspace."""
+    return H.shape[0] // sizes[:-1].sum()
+
+
+@njit(cache=True)
+def forward_kernel(theta, X, sizes, act, H, Z):
+    """Forward pass into the workspaces ``H``, ``Z`` (reference.forward_pass)."""
+    n = X.shape[0]
+    _view(H, 0, n, sizes[0])[:, :] = X
+    p = h = z = 0
+    last = sizes.shape[0] - 2
+    for l in range(last + 1):
+        d_in, d_out = sizes[l], sizes[l + 1]
+        W = _view(theta, p, d_in, d_out)
+        b = theta[p + d_in * d_out:p + d_in * d_out + d_out]
+        Zl = _view(Z, z, n, d_out)
+        matmul(_view(H, h, n, d_in), W, Zl, False)
+        for i in range(n):
+            for j in range(d_out):
+                Zl[i, j] += b[j]
+        if l < last:
+            Hn = _view(H, h + n * d_in, n, d_out)
+            for i in range(n):
+                for j in range(d_out):
+                    Hn[i, j] = act_f(act, Zl[i, j])
+        p += d_in * d_out + d_out
+        h += n * d_in
+        z += n * d_out
+
+
+@njit(cache=True)
+def backward_kernel(theta, sizes, act, H, Z, dout, grad, D, dX):
+    """Backpropagate ``dout`` into ``grad`` (reference.backward_pass).
+
+    ``dX`` is (n, d_in) to receive ``dL/dX``, or shape (0, 0) to skip it.
+    """
+    n = dout.shape[0]
+    half = D.shape[0] // 2
+    p, h, z = theta.shape[0], H.shape[0], Z.shape[0]
+    cur = 0
+    _view(D, 0, n, sizes[-1])[:, :] = dout
+    for l in range(sizes.shape[0] - 2, -1, -1):
+        d_in, d_out = sizes[l], sizes[l + 1]
+        p -= d_in * d_out + d_out
+        h -= n * d_in
+        z -= n * d_out
+        W = _view(theta, p, d_in, d_out)
+        delta = _view(D, cur * half, n, d_out)
+        matmul_tn(_view(H, h, n, d_in), delta, _view(grad, p, d_in, d_out), False)
+        _add_colsum(delta, grad[p + d_in * d_out:p + d_in * d_out + d_out])
+        if l > 0:
+            back = _view(D, (1 - cur) * half, n, d_in)
+            matmul_nt(delta, W, back, False)
+            Zp = _view(Z, z - n * d_in, n, d_in)
+            for i in range(n):
+                for j in range(d_in):
+                    back[i, j] *= act_d1(act, Zp[i, j])
+            cur = 1 - cur
+        elif dX.shape[0] > 0:
+            matmul_nt(delta, W, dX, False)
+
+
+@njit(cache=True)
+def r_forward_kernel(theta, v, sizes, act, H, Z, Hd, Zd):
+    """Tangent pass in direction ``v`` into ``Hd``, ``Zd`` (reference.r_forward_pass)."""
+    n = _n_rows(H, sizes)
+    p = h = z = 0
+    last = sizes.shape[0] - 2
+    for l in range(last + 1):
+        d_in, d_out = sizes[l], sizes[l + 1]
+        W = _view(theta, p, d_in, d_out)
+        V = _view(v, p, d_in, d_out)
+        c = v[p + d_in * d_out:p + d_in * d_out + d_out]
+        Zdl = _view(Zd, z, n, d_out)
+        matmul(_view(H, h, n, d_in), V, Zdl, False)
+        if l > 0:  # H_dot[0] = 0
+            matmul(_view(Hd, h, n, d_in), W, Zdl, True)
+        for i in range(n):
+            for j in range(d_out):
+                Zdl[i, j] += c[j]
+        if l < last:
+            Zl = _view(Z, z, n, d_out)
+            Hdn = _view(Hd, h + n * d_in, n, d_out)
+            for i in range(n):
+                for j in range(d_out):
+                    Hdn[i, j] = act_d1(act, Zl[i, j]) * Zdl[i, j]
+        p += d_in * d_out + d_out
+        h += n * d_in
+        z += n * d_out
+
+
+@njit(cache=True)
+def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, hv, D, Dd):
+    """R-backward pass into ``grad`` and ``hv = H v`` (reference.r_backward_pass)."""
+    n = dout.shape[0]
+    half = D.shape[0] // 2
+    p, h, z = theta.shape[0], H.shape[0], Z.shape[0]
+    cur = 0
+    _view(D, 0, n, sizes[-1])[:, :] = dout
+    _view(Dd, 0, n, sizes[-1])[:, :] = dout_dot
+    for l in range(sizes.shape[0] - 2, -1, -1):
+        d_in, d_out = sizes[l], sizes[l + 1]
+        p -= d_in * d_out + d_out
+        h -= n * d_in
+        z -= n * d_out
+        W = _view(theta, p, d_in, d_out)
+        V = _view(v, p, d_in, d_out)
+        delta = _view(D, cur * half, n, d_out)
+        delta_dot = _view(Dd, cur * half, n, d_out)
+        Hl = _view(H, h, n, d_in)
+        hW = _view(hv, p, d_in, d_out)
+        matmul_tn(Hl, delta, _view(grad, p, d_in, d_out), False)
+        _add_colsum(delta, grad[p + d_in * d_out:p + d_in * d_out + d_out])
+        matmul_tn(Hl, delta_dot, hW, False)
+        if l > 0:  # H_dot[0] = 0
+            matmul_tn(_view(Hd, h, n, d_in), delta, hW, True)
+        _add_colsum(delta_dot, hv[p + d_in * d_out:p + d_in * d_out + d_out])
+        if l > 0:
+            back = _view(D, (1 - cur) * half, n, d_in)
+            back_dot = _view(Dd, (1 - cur) * half, n, d_in)
+            matmul_nt(delta, W, back, False)
+            matmul_nt(delta_dot, W, back_dot, False)
+            matmul_nt(delta, V, back_dot, True)
+            Zp = _view(Z, z - n * d_in, n, d_in)
+            Zdp = _view(Zd, z - n * d_in, n, d_in)
+            for i in range(n):
+                for j in range(d_in):
+                    a1 = act_d1(act, Zp[i, j])
+                    back_dot[i, j] = back_dot[i, j] * a1 + back[i, j] * act_d2(act, Zp[i, j]) * Zdp[i, j]
+                    back[i, j] *= a1
+            cur = 1 - cur
+
+
+# ---------------------------------------------------------------- losses
+@njit(cache=True)
+def mse_kernel(out, Y, dout):
+    """Mean squared error; writes ``dout = 2 (out - Y) / n`` (losses.mse_value_and_grad)."""
+    n, m = out.shape
+    total = 0.0
+    for i in range(n):
+        for j in range(m):
+            r = out[i, j] - Y[i, j]
+            total += r * r
+            dout[i, j] = 2.0 * r / n
+    return total / n
+
+
+@njit(cache=True)
+def mse_r_kernel(out_dot, dout_dot):
+    """``dout_dot = 2 out_dot / n`` (losses.mse_hvp)."""
+    n, m = out_dot.shape
+    for i in range(n):
+        for j in range(m):
+            dout_dot[i, j] = 2.0 * out_dot[i, j] / n
+
+
+@njit(cache=True)
+def xent_kernel(out, labels, dout, P):
+    """Mean softmax cross-entropy; writes ``P = softmax(out)`` and
+    ``dout = (P - onehot) / n`` (losses.xent_value_and_grad)."""
+    n, C = out.shape
+    total = 0.0
+    for i in range(n):
+        top = out[i, 0]
+        for c in range(1, C):
+            top = max(top, out[i, c])
+        s = 0.0
+        for c in range(C):
+            s += math.exp(out[i, c] - top)
+        log_z = math.log(s)
+        total += log_z + top - out[i, labels[i]]
+        for c in range(C):
+            P[i, c] = math.exp(out[i, c] - top - log_z)
+            dout[i, c] = P[i, c] / n
+        dout[i, labels[i]] -= 1.0 / n
+    return total / n
+
+
+@njit(cache=True)
+def xent_r_kernel(P, out_dot, dout_dot):
+    """``dout_dot_i = (p_i * out_dot_i - p_i (p_i . out_dot_i)) / n`` (losses.xent_hvp)."""
+    n, C = P.shape
+    for i in range(n):
+        pv = 0.0
+        for c in range(C):
+            pv += P[i, c] * out_dot[i, c]
+        for c in range(C):
+            dout_dot[i, c] = P[i, c] * (out_dot[i, c] - pv) / n

@@ -1,0 +1,107 @@
+"""The Numba backend: ``reference.py``'s public functions, same signatures,
+running on the compiled kernels of ``kernels.py``.
+
+Workspaces are allocated once per call and handed to the kernels; no
+kernel allocates. Inputs are assumed validated (``MLP`` does that).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels as K
+from .activations import get_activation
+from .losses import MSE, get_loss
+
+_NO_DX = np.empty((0, 0))
+
+
+class _Workspace:
+    """Flat buffers for one batch of ``n`` samples (layout: kernels.py docstring)."""
+
+    def __init__(self, net, n, tangents=False):
+        sizes = net.sizes
+        dt = net.dtype
+        self.n = n
+        self.H = np.empty(n * sum(sizes[:-1]), dt)
+        self.Z = np.empty(n * sum(sizes[1:]), dt)
+        self.D = np.empty(2 * n * max(sizes), dt)
+        self.dout = np.empty((n, sizes[-1]), dt)
+        self.P = np.empty((n, sizes[-1]), dt)  # softmax probabilities (xent)
+        if tangents:
+            self.Hd = np.empty_like(self.H)
+            self.Zd = np.empty_like(self.Z)
+            self.Dd = np.empty_like(self.D)
+            self.dout_dot = np.empty_like(self.dout)
+
+    def out(self, net):
+        return self.Z[self.Z.shape[0] - self.n * net.sizes[-1]:].reshape(self.n, net.sizes[-1])
+
+    def out_dot(self, net):
+        return self.Zd[self.Zd.shape[0] - self.n * net.sizes[-1]:].reshape(self.n, net.sizes[-1])
+
+
+def _sizes(net):
+    return np.asarray(net.sizes, dtype=np.int64)
+
+
+def _act(net):
+    return get_activation(net.activation).code
+
+
+def _forward(net, theta, X, tangents=False):
+    ws = _Workspace(net, X.shape[0], tangents)
+    K.forward_kernel(theta, X, _sizes(net), _act(net), ws.H, ws.Z)
+    return ws
+
+
+def _loss_into(net, ws, y):
+    """Loss value; writes ``ws.dout`` (and ``ws.P`` for cross-entropy)."""
+    if get_loss(net.loss_name).code == MSE:
+        return K.mse_kernel(ws.out(net), y, ws.dout)
+    return K.xent_kernel(ws.out(net), y, ws.dout, ws.P)
+
+
+# ----------------------------------------------------- the public contract
+def forward(net, theta, X):
+    return _forward(net, theta, X).out(net).copy()
+
+
+def loss(net, theta, X, y):
+    return float(_loss_into(net, _forward(net, theta, X), y))
+
+
+def loss_and_grad(net, theta, X, y):
+    ws = _forward(net, theta, X)
+    value = _loss_into(net, ws, y)
+    grad = np.empty_like(theta)
+    K.backward_kernel(theta, _sizes(net), _act(net), ws.H, ws.Z, ws.dout, grad, ws.D, _NO_DX.astype(theta.dtype))
+    return float(value), grad
+
+
+def vjp(net, theta, X, dout, input_grad=False):
+    ws = _forward(net, theta, X)
+    grad = np.empty_like(theta)
+    dX = np.empty_like(X) if input_grad else _NO_DX.astype(theta.dtype)
+    K.backward_kernel(theta, _sizes(net), _act(net), ws.H, ws.Z, dout, grad, ws.D, dX)
+    return (grad, dX) if input_grad else grad
+
+
+def jvp(net, theta, X, v):
+    ws = _forward(net, theta, X, tangents=True)
+    K.r_forward_kernel(theta, v, _sizes(net), _act(net), ws.H, ws.Z, ws.Hd, ws.Zd)
+    return ws.out_dot(net).copy()
+
+
+def hvp(net, theta, X, y, v):
+    sizes, act = _sizes(net), _act(net)
+    ws = _forward(net, theta, X, tangents=True)
+    _loss_into(net, ws, y)
+    K.r_forward_kernel(theta, v, sizes, act, ws.H, ws.Z, ws.Hd, ws.Zd)
+    if get_loss(net.loss_name).code == MSE:
+        K.mse_r_kernel(ws.out_dot(net), ws.dout_dot)
+    else:
+        K.xent_r_kernel(ws.P, ws.out_dot(net), ws.dout_dot)
+    grad, hv = np.empty_like(theta), np.empty_like(theta)
+    K.r_backward_kernel(theta, v, sizes, act, ws.H, ws.Z, ws.Hd, ws.Zd,
+                        ws.dout, ws.dout_dot, grad, hv, ws.D, ws.Dd)
+    return hv

@@ -1,0 +1,166 @@
+"""The NumPy reference engine: read this file next to the equations.
+
+Notation (DESIGN.md section 2). Layers ``l = 0 .. L-1``; ``H[0] = X``;
+
+    Z[l]   = H[l] @ W[l] + b[l]            pre-activation, shape (n, d_{l+1})
+    H[l+1] = act(Z[l])                     for l < L-1; the last layer is linear
+    out    = Z[L-1]
+
+Backward (``delta = dL/dZ[l]``)::
+
+    gW[l] = H[l].T @ delta,    gb[l] = sum_rows delta
+    delta <- (delta @ W[l].T) * act'(Z[l-1])
+
+R-operator (Pearlmutter 1994) in a direction ``v`` laid out like ``theta``,
+``(V[l], c[l]) = unflatten(v)``, with tangents ``Z_dot = R{Z}``::
+
+    H_dot[0] = 0
+    Z_dot[l]   = H_dot[l] @ W[l] + H[l] @ V[l] + c[l]
+    H_dot[l+1] = act'(Z[l]) * Z_dot[l]
+    delta_dot  = (d^2 L / d out^2) Z_dot[L-1]                 (losses.py)
+    hW[l] = H_dot[l].T @ delta + H[l].T @ delta_dot,   hb[l] = sum_rows delta_dot
+    delta_dot <- (delta_dot @ W[l].T + delta @ V[l].T) * act'(Z[l-1])
+                 + (delta @ W[l].T) * act''(Z[l-1]) * Z_dot[l-1]
+
+``hv = (hW, hb)`` flattened is exactly ``(d^2 L / d theta^2) v``.
+
+Every public function here has a twin with the same signature in
+``numba_backend.py``; ``tests/test_backends.py`` pins the two together.
+Inputs are assumed validated (``MLP`` does that before calling).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .activations import get_activation
+from .losses import get_loss
+
+
+# ----------------------------------------------------------------- passes
+def forward_pass(net, theta, X):
+    """Forward pass keeping what backward needs.
+
+    Returns
+    -------
+    out : (n, d_out)
+    cache : (H, Z), lists of the layer inputs ``H[l]`` (``H[0] = X``) and
+        pre-activations ``Z[l]``.
+    """
+    act = get_activation(net.activation)
+    layers = net.unflatten(theta)
+    H, Z = [X], []
+    for l, (W, b) in enumerate(layers):
+        Z.append(H[l] @ W + b)
+        if l < len(layers) - 1:
+            H.append(act.f(Z[l]))
+    return Z[-1], (H, Z)
+
+
+def backward_pass(net, theta, cache, dout, input_grad=False):
+    """Backpropagate ``dout = dL/dout`` (n, d_out) to ``dL/dtheta`` (P,).
+
+    With ``input_grad=True`` also returns ``dX = dL/dX`` (n, d_in).
+    """
+    act = get_activation(net.activation)
+    H, Z = cache
+    layers = net.unflatten(theta)
+    grad = np.empty_like(theta)
+    grads = net.unflatten(grad)
+    delta = dout
+    for l in reversed(range(len(layers))):
+        W = layers[l][0]
+        gW, gb = grads[l]
+        gW[...] = H[l].T @ delta
+        gb[...] = delta.sum(axis=0)
+        if l > 0:
+            delta = (delta @ W.T) * act.d1(Z[l - 1])
+    if input_grad:
+        return grad, delta @ layers[0][0].T
+    return grad
+
+
+def r_forward_pass(net, theta, v, cache):
+    """Tangent (R-forward) pass in direction ``v``: ``out_dot = J v``.
+
+    Returns
+    -------
+    out_dot : (n, d_out)
+    tangents : (H_dot, Z_dot), laid out like the cache.
+    """
+    act = get_activation(net.activation)
+    H, Z = cache
+    layers = net.unflatten(theta)
+    directions = net.unflatten(v)
+    H_dot, Z_dot = [np.zeros_like(H[0])], []
+    for l, ((W, _), (V, c)) in enumerate(zip(layers, directions)):
+        Z_dot.append(H_dot[l] @ W + H[l] @ V + c)
+        if l < len(layers) - 1:
+            H_dot.append(act.d1(Z[l]) * Z_dot[l])
+    return Z_dot[-1], (H_dot, Z_dot)
+
+
+def r_backward_pass(net, theta, v, cache, tangents, dout, dout_dot):
+    """R-backward pass: returns ``(grad, hv)``, the gradient and ``H v``."""
+    act = get_activation(net.activation)
+    H, Z = cache
+    H_dot, Z_dot = tangents
+    layers = net.unflatten(theta)
+    directions = net.unflatten(v)
+    grad, hv = np.empty_like(theta), np.empty_like(theta)
+    grads, hvs = net.unflatten(grad), net.unflatten(hv)
+    delta, delta_dot = dout, dout_dot
+    for l in reversed(range(len(layers))):
+        W, V = layers[l][0], directions[l][0]
+        gW, gb = grads[l]
+        hW, hb = hvs[l]
+        gW[...] = H[l].T @ delta
+        gb[...] = delta.sum(axis=0)
+        hW[...] = H_dot[l].T @ delta + H[l].T @ delta_dot
+        hb[...] = delta_dot.sum(axis=0)
+        if l > 0:
+            back = delta @ W.T
+            delta_dot = ((delta_dot @ W.T + delta @ V.T) * act.d1(Z[l - 1])
+                         + back * act.d2(Z[l - 1]) * Z_dot[l - 1])
+            delta = back * act.d1(Z[l - 1])
+    return grad, hv
+
+
+# ----------------------------------------------------- the public contract
+def forward(net, theta, X):
+    """``f(X; theta)``, shape (n, d_out)."""
+    return forward_pass(net, theta, X)[0]
+
+
+def loss(net, theta, X, y):
+    """Mean loss ``L(theta)`` as a float."""
+    out, _ = forward_pass(net, theta, X)
+    return get_loss(net.loss_name).value_and_grad(out, y)[0]
+
+
+def loss_and_grad(net, theta, X, y):
+    """``(L, dL/dtheta)``: one forward and one backward pass."""
+    out, cache = forward_pass(net, theta, X)
+    value, dout = get_loss(net.loss_name).value_and_grad(out, y)
+    return value, backward_pass(net, theta, cache, dout)
+
+
+def vjp(net, theta, X, dout, input_grad=False):
+    """``J^T dout`` for a cotangent ``dout`` (n, d_out) on the output."""
+    _, cache = forward_pass(net, theta, X)
+    return backward_pass(net, theta, cache, dout, input_grad)
+
+
+def jvp(net, theta, X, v):
+    """``J v``, the change of the output (n, d_out) along direction ``v``."""
+    _, cache = forward_pass(net, theta, X)
+    return r_forward_pass(net, theta, v, cache)[0]
+
+
+def hvp(net, theta, X, y, v):
+    """Exact ``(d^2 L / d theta^2) v``: forward, R-forward, R-backward."""
+    loss_fn = get_loss(net.loss_name)
+    out, cache = forward_pass(net, theta, X)
+    _, dout = loss_fn.value_and_grad(out, y)
+    out_dot, tangents = r_forward_pass(net, theta, v, cache)
+    dout_dot = loss_fn.hvp(out, y, out_dot)
+    return r_backward_pass(net, theta, v, cache, tangents, dout, dout_dot)[1]
