@@ -106,3 +106,28 @@ def test_float32_matches_float64_to_float32_accuracy(activation, loss, backend, 
         assert got.dtype == np.float32
         assert gc.rel_error(got, want) < gc.FLOAT32_TOL
     assert net32.loss(t32, X32, y32) == pytest.approx(net64.loss(t64, X64, y64), rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", ["mse", "xent"])
+def test_loss_input_gradient_matches_finite_differences(loss, backend, rng):
+    net = tm.MLP([3, 8, 4], activation="tanh", loss=loss, backend=backend)
+    theta, X, y = random_problem(net, rng)
+    _, grad, dX = net.loss_and_grad(theta, X, y, input_grad=True)
+    assert np.array_equal(grad, net.loss_and_grad(theta, X, y)[1])
+    numeric = gc.numerical_gradient(lambda x: net.loss(theta, x.reshape(X.shape), y), X.ravel())
+    assert gc.rel_error(dX.ravel(), numeric) < 1e-8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_input_tangent_alone_gives_the_mixed_hessian_blocks(backend, rng):
+    """Direction (0, X_dot): the theta block is H_theta,X X_dot, the X block H_X,X X_dot."""
+    net = tm.MLP([3, 8, 2], activation="tanh", backend=backend)
+    theta, X, y = random_problem(net, rng)
+    X_dot = rng.standard_normal(X.shape)
+    h_theta, h_X = net.hvp(theta, X, y, np.zeros_like(theta), X_dot=X_dot, input_grad=True)
+    g = lambda x: net.loss_and_grad(theta, x.reshape(X.shape), y, input_grad=True)  # noqa: E731
+    assert gc.rel_error(h_theta, gc.numerical_hvp(lambda x: g(x)[1], X.ravel(), X_dot.ravel())) < 1e-7
+    assert gc.rel_error(h_X.ravel(), gc.numerical_hvp(lambda x: g(x)[2].ravel(), X.ravel(), X_dot.ravel())) < 1e-7
+    jvp = net.jvp(theta, X, np.zeros_like(theta), X_dot=X_dot)
+    assert gc.rel_error(jvp, gc.numerical_jvp(lambda x: net.forward(theta, x), X, X_dot)) < 1e-8

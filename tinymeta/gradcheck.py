@@ -155,6 +155,17 @@ def check_mlp(net, theta, X, y, rng, eps: float = EPS, tol: float = FD_TOL, full
     results.append(compare("jvp", net.jvp(theta, X, v), numerical_jvp(out, theta, v, eps), tol))
     grad = lambda t: net.loss_and_grad(t, X, y)[1]  # noqa: E731
     results.append(compare("hvp", hv, numerical_hvp(grad, theta, v, eps), tol))
+    # The Hessian over (theta, X) jointly, in direction (v, X_dot): used by context methods.
+    X_dot = rng.standard_normal(X.shape)
+    joint = np.concatenate([theta, X.ravel()])
+
+    def joint_grad(w):
+        _, g_theta, g_X = net.loss_and_grad(w[:P], w[P:].reshape(X.shape), y, input_grad=True)
+        return np.concatenate([g_theta, g_X.ravel()])
+
+    hv_joint, hX = net.hvp(theta, X, y, v, X_dot=X_dot, input_grad=True)
+    results.append(compare("hvp over (theta, X)", np.concatenate([hv_joint, hX.ravel()]),
+                           numerical_hvp(joint_grad, joint, np.concatenate([v, X_dot.ravel()]), eps), tol))
     hu = net.hvp(theta, X, y, u)
     results.append(compare("hvp symmetry u.Hv = v.Hu", [u @ hv], [v @ hu], EXACT_TOL))
     a, b = 0.7, -1.3

@@ -187,8 +187,12 @@ def backward_kernel(theta, sizes, act, H, Z, dout, grad, D, dX):
 
 
 @njit(cache=True)
-def r_forward_kernel(theta, v, sizes, act, H, Z, Hd, Zd):
-    """Tangent pass in direction ``v`` into ``Hd``, ``Zd`` (reference.r_forward_pass)."""
+def r_forward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, x_dot):
+    """Tangent pass in direction ``v`` into ``Hd``, ``Zd`` (reference.r_forward_pass).
+
+    ``x_dot``: whether block 0 of ``Hd`` holds an input tangent (else it is
+    taken as zero and never read).
+    """
     n = _n_rows(H, sizes)
     p = h = z = 0
     last = sizes.shape[0] - 2
@@ -199,7 +203,7 @@ def r_forward_kernel(theta, v, sizes, act, H, Z, Hd, Zd):
         c = v[p + d_in * d_out:p + d_in * d_out + d_out]
         Zdl = _view(Zd, z, n, d_out)
         matmul(_view(H, h, n, d_in), V, Zdl, False)
-        if l > 0:  # H_dot[0] = 0
+        if l > 0 or x_dot:  # H_dot[0] = X_dot, or 0
             matmul(_view(Hd, h, n, d_in), W, Zdl, True)
         for i in range(n):
             for j in range(d_out):
@@ -216,8 +220,12 @@ def r_forward_kernel(theta, v, sizes, act, H, Z, Hd, Zd):
 
 
 @njit(cache=True)
-def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, hv, D, Dd):
-    """R-backward pass into ``grad`` and ``hv = H v`` (reference.r_backward_pass)."""
+def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, hv, D, Dd, x_dot, dX, dX_dot):
+    """R-backward pass into ``grad`` and ``hv = H v`` (reference.r_backward_pass).
+
+    ``x_dot`` as in ``r_forward_kernel``. ``dX``, ``dX_dot`` (n, d_in) receive
+    the input cotangent and its tangent, or have shape (0, 0) to skip them.
+    """
     n = dout.shape[0]
     half = D.shape[0] // 2
     p, h, z = theta.shape[0], H.shape[0], Z.shape[0]
@@ -238,7 +246,7 @@ def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, 
         matmul_tn(Hl, delta, _view(grad, p, d_in, d_out), False)
         _add_colsum(delta, grad[p + d_in * d_out:p + d_in * d_out + d_out])
         matmul_tn(Hl, delta_dot, hW, False)
-        if l > 0:  # H_dot[0] = 0
+        if l > 0 or x_dot:  # H_dot[0] = X_dot, or 0
             matmul_tn(_view(Hd, h, n, d_in), delta, hW, True)
         _add_colsum(delta_dot, hv[p + d_in * d_out:p + d_in * d_out + d_out])
         if l > 0:
@@ -255,6 +263,10 @@ def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, 
                     back_dot[i, j] = back_dot[i, j] * a1 + back[i, j] * act_d2(act, Zp[i, j]) * Zdp[i, j]
                     back[i, j] *= a1
             cur = 1 - cur
+        elif dX.shape[0] > 0:
+            matmul_nt(delta, W, dX, False)
+            matmul_nt(delta_dot, W, dX_dot, False)
+            matmul_nt(delta, V, dX_dot, True)
 
 
 # ---------------------------------------------------------------- losses

@@ -200,15 +200,20 @@ class MLP:
         theta, X = self._theta(theta), self._X(X)
         return self._impl.loss(self, theta, X, self._y(y, X.shape[0]))
 
-    def loss_and_grad(self, theta, X, y):
+    def loss_and_grad(self, theta, X, y, input_grad=False):
         """Mean loss and its gradient ``dL/dtheta`` (one forward, one backward pass).
+
+        Parameters
+        ----------
+        input_grad : bool
+            Also return ``dL/dX`` of shape ``(n, sizes[0])``.
 
         Returns
         -------
-        (float, (n_params,) array)
+        ``(float, (n_params,) array)``, or ``(float, dtheta, dX)`` if ``input_grad``.
         """
         theta, X = self._theta(theta), self._X(X)
-        return self._impl.loss_and_grad(self, theta, X, self._y(y, X.shape[0]))
+        return self._impl.loss_and_grad(self, theta, X, self._y(y, X.shape[0]), bool(input_grad))
 
     def vjp(self, theta, X, dout, input_grad=False):
         r"""Vector-Jacobian product :math:`J^\top dout`, for losses the engine does not own.
@@ -228,24 +233,44 @@ class MLP:
         dout = val.as_float_array(dout, "dout", self.dtype, (X.shape[0], self.sizes[-1]))
         return self._impl.vjp(self, theta, X, dout, bool(input_grad))
 
-    def jvp(self, theta, X, v):
-        r"""Jacobian-vector product :math:`J v` (the R-forward pass), shape ``(n, sizes[-1])``."""
-        theta, X = self._theta(theta), self._X(X)
-        return self._impl.jvp(self, theta, X, self._theta(v, "v"))
+    def jvp(self, theta, X, v, X_dot=None):
+        r"""Jacobian-vector product :math:`J v` (the R-forward pass), shape ``(n, sizes[-1])``.
 
-    def hvp(self, theta, X, y, v):
+        ``X_dot`` (n, sizes[0]) optionally adds a tangent of the input:
+        the result is then :math:`J_\theta v + J_X \dot X`.
+        """
+        theta, X = self._theta(theta), self._X(X)
+        return self._impl.jvp(self, theta, X, self._theta(v, "v"), self._X_dot(X_dot, X))
+
+    def hvp(self, theta, X, y, v, X_dot=None, input_grad=False):
         r"""Exact Hessian-vector product :math:`\nabla^2 L(\theta)\, v`.
 
         Pearlmutter's R-operator: one forward, one R-forward and one
         R-backward pass; the Hessian is never formed (DESIGN.md section 2).
 
+        Parameters
+        ----------
+        theta, v : (n_params,) ; X : (n, sizes[0]) ; y : targets as in ``loss``
+        X_dot : (n, sizes[0]), optional
+            A tangent of the input. The product is then with the Hessian of
+            ``L`` over ``(theta, X)`` jointly, in direction ``(v, X_dot)``
+            (used by CAVIA, whose adapted context enters as inputs).
+        input_grad : bool
+            Also return the ``X`` block of that product,
+            :math:`\mathcal R\{\partial L/\partial X\}`, shape ``(n, sizes[0])``.
+
         Returns
         -------
-        (n_params,) array
+        (n_params,) array, or ``(hv, hX)`` if ``input_grad``.
         """
         theta, X = self._theta(theta), self._X(X)
         y = self._y(y, X.shape[0])
-        return self._impl.hvp(self, theta, X, y, self._theta(v, "v"))
+        return self._impl.hvp(self, theta, X, y, self._theta(v, "v"), self._X_dot(X_dot, X), bool(input_grad))
+
+    def _X_dot(self, X_dot, X):
+        if X_dot is None:
+            return None
+        return val.as_float_array(X_dot, "X_dot", self.dtype, X.shape)
 
 
 def _truncated_normal(rng, std, shape):

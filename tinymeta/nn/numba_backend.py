@@ -12,7 +12,11 @@ from . import kernels as K
 from .activations import get_activation
 from .losses import MSE, get_loss
 
-_NO_DX = np.empty((0, 0))
+
+
+def _no_dx(theta):
+    """A (0, 0) array: tells a kernel not to compute an input cotangent."""
+    return np.empty((0, 0), dtype=theta.dtype)
 
 
 class _Workspace:
@@ -70,38 +74,45 @@ def loss(net, theta, X, y):
     return float(_loss_into(net, _forward(net, theta, X), y))
 
 
-def loss_and_grad(net, theta, X, y):
+def loss_and_grad(net, theta, X, y, input_grad=False):
     ws = _forward(net, theta, X)
     value = _loss_into(net, ws, y)
     grad = np.empty_like(theta)
-    K.backward_kernel(theta, _sizes(net), _act(net), ws.H, ws.Z, ws.dout, grad, ws.D, _NO_DX.astype(theta.dtype))
-    return float(value), grad
+    dX = np.empty_like(X) if input_grad else _no_dx(theta)
+    K.backward_kernel(theta, _sizes(net), _act(net), ws.H, ws.Z, ws.dout, grad, ws.D, dX)
+    return (float(value), grad, dX) if input_grad else (float(value), grad)
 
 
 def vjp(net, theta, X, dout, input_grad=False):
     ws = _forward(net, theta, X)
     grad = np.empty_like(theta)
-    dX = np.empty_like(X) if input_grad else _NO_DX.astype(theta.dtype)
+    dX = np.empty_like(X) if input_grad else _no_dx(theta)
     K.backward_kernel(theta, _sizes(net), _act(net), ws.H, ws.Z, dout, grad, ws.D, dX)
     return (grad, dX) if input_grad else grad
 
 
-def jvp(net, theta, X, v):
+def _tangent_forward(net, theta, X, v, X_dot):
     ws = _forward(net, theta, X, tangents=True)
-    K.r_forward_kernel(theta, v, _sizes(net), _act(net), ws.H, ws.Z, ws.Hd, ws.Zd)
-    return ws.out_dot(net).copy()
+    if X_dot is not None:
+        ws.Hd[:X_dot.size] = X_dot.ravel()
+    K.r_forward_kernel(theta, v, _sizes(net), _act(net), ws.H, ws.Z, ws.Hd, ws.Zd, X_dot is not None)
+    return ws
 
 
-def hvp(net, theta, X, y, v):
+def jvp(net, theta, X, v, X_dot=None):
+    return _tangent_forward(net, theta, X, v, X_dot).out_dot(net).copy()
+
+
+def hvp(net, theta, X, y, v, X_dot=None, input_grad=False):
     sizes, act = _sizes(net), _act(net)
-    ws = _forward(net, theta, X, tangents=True)
+    ws = _tangent_forward(net, theta, X, v, X_dot)
     _loss_into(net, ws, y)
-    K.r_forward_kernel(theta, v, sizes, act, ws.H, ws.Z, ws.Hd, ws.Zd)
     if get_loss(net.loss_name).code == MSE:
         K.mse_r_kernel(ws.out_dot(net), ws.dout_dot)
     else:
         K.xent_r_kernel(ws.P, ws.out_dot(net), ws.dout_dot)
     grad, hv = np.empty_like(theta), np.empty_like(theta)
-    K.r_backward_kernel(theta, v, sizes, act, ws.H, ws.Z, ws.Hd, ws.Zd,
-                        ws.dout, ws.dout_dot, grad, hv, ws.D, ws.Dd)
-    return hv
+    dX, dX_dot = (np.empty_like(X), np.empty_like(X)) if input_grad else (_no_dx(theta), _no_dx(theta))
+    K.r_backward_kernel(theta, v, sizes, act, ws.H, ws.Z, ws.Hd, ws.Zd, ws.dout, ws.dout_dot,
+                        grad, hv, ws.D, ws.Dd, X_dot is not None, dX, dX_dot)
+    return (hv, dX_dot) if input_grad else hv

@@ -79,8 +79,11 @@ def backward_pass(net, theta, cache, dout, input_grad=False):
     return grad
 
 
-def r_forward_pass(net, theta, v, cache):
+def r_forward_pass(net, theta, v, cache, X_dot=None):
     """Tangent (R-forward) pass in direction ``v``: ``out_dot = J v``.
+
+    ``X_dot`` (n, d_in) is a tangent of the input (``R{X}``; zero if None),
+    for methods whose adapted variables enter through the input (CAVIA).
 
     Returns
     -------
@@ -91,7 +94,7 @@ def r_forward_pass(net, theta, v, cache):
     H, Z = cache
     layers = net.unflatten(theta)
     directions = net.unflatten(v)
-    H_dot, Z_dot = [np.zeros_like(H[0])], []
+    H_dot, Z_dot = [np.zeros_like(H[0]) if X_dot is None else X_dot], []
     for l, ((W, _), (V, c)) in enumerate(zip(layers, directions)):
         Z_dot.append(H_dot[l] @ W + H[l] @ V + c)
         if l < len(layers) - 1:
@@ -99,8 +102,13 @@ def r_forward_pass(net, theta, v, cache):
     return Z_dot[-1], (H_dot, Z_dot)
 
 
-def r_backward_pass(net, theta, v, cache, tangents, dout, dout_dot):
-    """R-backward pass: returns ``(grad, hv)``, the gradient and ``H v``."""
+def r_backward_pass(net, theta, v, cache, tangents, dout, dout_dot, input_grad=False):
+    """R-backward pass: returns ``(grad, hv)``, the gradient and ``H v``.
+
+    With ``input_grad=True`` returns ``(grad, hv, dX, dX_dot)``: also the
+    input cotangent ``dX = delta[0] @ W[0].T`` and its tangent
+    ``R{dX} = delta_dot[0] @ W[0].T + delta[0] @ V[0].T``.
+    """
     act = get_activation(net.activation)
     H, Z = cache
     H_dot, Z_dot = tangents
@@ -122,6 +130,9 @@ def r_backward_pass(net, theta, v, cache, tangents, dout, dout_dot):
             delta_dot = ((delta_dot @ W.T + delta @ V.T) * act.d1(Z[l - 1])
                          + back * act.d2(Z[l - 1]) * Z_dot[l - 1])
             delta = back * act.d1(Z[l - 1])
+    if input_grad:
+        W, V = layers[0][0], directions[0][0]
+        return grad, hv, delta @ W.T, delta_dot @ W.T + delta @ V.T
     return grad, hv
 
 
@@ -137,10 +148,13 @@ def loss(net, theta, X, y):
     return get_loss(net.loss_name).value_and_grad(out, y)[0]
 
 
-def loss_and_grad(net, theta, X, y):
-    """``(L, dL/dtheta)``: one forward and one backward pass."""
+def loss_and_grad(net, theta, X, y, input_grad=False):
+    """``(L, dL/dtheta)``, one forward and one backward pass; with
+    ``input_grad=True``, ``(L, dL/dtheta, dL/dX)``."""
     out, cache = forward_pass(net, theta, X)
     value, dout = get_loss(net.loss_name).value_and_grad(out, y)
+    if input_grad:
+        return (value, *backward_pass(net, theta, cache, dout, True))
     return value, backward_pass(net, theta, cache, dout)
 
 
@@ -150,17 +164,23 @@ def vjp(net, theta, X, dout, input_grad=False):
     return backward_pass(net, theta, cache, dout, input_grad)
 
 
-def jvp(net, theta, X, v):
-    """``J v``, the change of the output (n, d_out) along direction ``v``."""
+def jvp(net, theta, X, v, X_dot=None):
+    """``J v`` (plus ``J_X X_dot``): the change of the output (n, d_out) along ``v``."""
     _, cache = forward_pass(net, theta, X)
-    return r_forward_pass(net, theta, v, cache)[0]
+    return r_forward_pass(net, theta, v, cache, X_dot)[0]
 
 
-def hvp(net, theta, X, y, v):
-    """Exact ``(d^2 L / d theta^2) v``: forward, R-forward, R-backward."""
+def hvp(net, theta, X, y, v, X_dot=None, input_grad=False):
+    """Exact ``(d^2 L / d theta^2) v``: forward, R-forward, R-backward.
+
+    With an input tangent ``X_dot`` this is the Hessian of ``L`` over
+    ``(theta, X)`` jointly, times ``(v, X_dot)``: the ``theta`` block is
+    returned, and with ``input_grad=True`` also the ``X`` block ``R{dL/dX}``.
+    """
     loss_fn = get_loss(net.loss_name)
     out, cache = forward_pass(net, theta, X)
     _, dout = loss_fn.value_and_grad(out, y)
-    out_dot, tangents = r_forward_pass(net, theta, v, cache)
+    out_dot, tangents = r_forward_pass(net, theta, v, cache, X_dot)
     dout_dot = loss_fn.hvp(out, y, out_dot)
-    return r_backward_pass(net, theta, v, cache, tangents, dout, dout_dot)[1]
+    result = r_backward_pass(net, theta, v, cache, tangents, dout, dout_dot, input_grad)
+    return (result[1], result[3]) if input_grad else result[1]
