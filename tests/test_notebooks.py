@@ -25,5 +25,6 @@ def test_notebook_is_stored_without_outputs(path):
             assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
 
 
-def test_there_is_a_notebook_per_derivation():
-    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
+def test_notebooks_are_numbered_in_teaching_order():
+    prefixes = [p.stem[:3] for p in NOTEBOOKS]
+    assert all(p[:2].isdigit() and p[2] == "_" for p in prefixes) and len(set(prefixes)) == len(prefixes)

@@ -6,6 +6,7 @@
 """
 from . import gradcheck
 from .nn import MLP
+from .tasks import TaskBatch
 
 __version__ = "0.1.0"
-__all__ = ["MLP", "gradcheck", "__version__"]
+__all__ = ["MLP", "TaskBatch", "gradcheck", "__version__"]
