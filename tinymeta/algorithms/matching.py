@@ -3,7 +3,7 @@ r"""Matching Networks: attention over cosine similarities to the support set.
 Vinyals, Blundell, Lillicrap, Kavukcuoglu and Wierstra, "Matching Networks
 for One Shot Learning", NeurIPS 2016 (section 2.1, eq. 1-2; training
 objective, section 2.2). Here ``f = g`` is one MLP, without the full-context
-embeddings (section 2.1.2).
+embeddings (section 2.1.2); ``matching_fce.py`` (``NAME = "matching_fce"``) adds them.
 
 .. math::
     \hat q_i = \frac{q_i}{\sqrt{\|q_i\|^2 + \epsilon^2}},\quad
