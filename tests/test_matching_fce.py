@@ -114,6 +114,20 @@ def test_predict_and_meta_step(rng):
     assert gc.rel_error(grads["phi"], np.mean([p[1]["phi"] for p in parts], axis=0)) < 1e-14
 
 
+def test_float32_agrees_with_float64(rng):
+    net = tm.MLP([5, 8, 4], activation="tanh")
+    config = fce.Config()
+    params = fce.init_params(net, rng, config)
+    batch = episodes(rng, 2, n_way=3, shots=2, d=5, k=2)
+    loss, grads = fce.meta_step(net, params, batch, config)
+    batch32 = batch._replace(X_support=batch.X_support.astype(np.float32), X_query=batch.X_query.astype(np.float32))
+    params32 = {k: v.astype(np.float32) for k, v in params.items()}
+    loss32, grads32 = fce.meta_step(net.replace(dtype="float32"), params32, batch32, config)
+    assert loss32 == pytest.approx(loss, rel=1e-5)
+    for k in grads:
+        assert grads32[k].dtype == np.float32 and gc.rel_error(grads32[k], grads[k]) < 1e-5, k
+
+
 def test_bad_inputs_are_named(rng):
     net = tm.MLP([5, 6, 3])
     params = fce.init_params(net, rng, fce.Config())

@@ -120,6 +120,10 @@ def test_sample_pairs_is_balanced_labelled_and_reproducible(rng):
         siamese.sample_pairs(rng, X[:4], np.arange(4), 5)
     with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
         siamese.sample_pairs(7, X, y, 5)
+    with pytest.raises(TypeError, match="y must hold integer class labels, got dtype float64"):
+        siamese.sample_pairs(rng, X, y.astype(float), 5)
+    with pytest.raises(ValueError, match=r"and y shape \(n,\), got X \(12, 5\) and y \(11,\)"):
+        siamese.sample_pairs(rng, X, y[:11], 5)
 
 
 def test_predict_scores_each_class_by_its_best_match(rng):
@@ -144,6 +148,20 @@ def test_init_params_follow_the_config(rng):
     assert abs(params["w"].std() - 0.2) < 0.06 and abs(params["b"][0] - 0.5) < 0.05
     again = siamese.init_params(net, np.random.default_rng(20261122), siamese.Config())
     assert all(np.array_equal(params[k], again[k]) for k in params)
+
+
+def test_float32_agrees_with_float64(rng):
+    net = tm.MLP([5, 8, 4], activation="tanh")
+    config = siamese.Config()
+    params = siamese.init_params(net, rng, config)
+    batch = episodes(rng, 2, n_way=3, shots=2, d=5, k=2)
+    loss, grads = siamese.meta_step(net, params, batch, config)
+    batch32 = batch._replace(X_support=batch.X_support.astype(np.float32), X_query=batch.X_query.astype(np.float32))
+    params32 = {k: v.astype(np.float32) for k, v in params.items()}
+    loss32, grads32 = siamese.meta_step(net.replace(dtype="float32"), params32, batch32, config)
+    assert loss32 == pytest.approx(loss, rel=1e-5)
+    for k in grads:
+        assert grads32[k].dtype == np.float32 and gc.rel_error(grads32[k], grads[k]) < 1e-5, k
 
 
 def test_bad_inputs_are_named(rng):

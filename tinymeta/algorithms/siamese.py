@@ -142,7 +142,11 @@ def sample_pairs(rng, X, y, n_pairs):
     """
     val.check_rng(rng)
     n_pairs = val.check_int(n_pairs, "n_pairs", minimum=1)
-    y = val.as_labels(y, "y", np.shape(X)[0], np.iinfo(np.int64).max)
+    X, y = np.asarray(X), np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise ValueError(f"X must have shape (n, d_in) and y shape (n,), got X {X.shape} and y {y.shape}")
     classes, counts = np.unique(y, return_counts=True)
     if classes.size < 2 or counts.max() < 2:
         raise ValueError(f"y must hold at least 2 classes and a class with 2 examples to draw same and "
@@ -155,7 +159,6 @@ def sample_pairs(rng, X, y, n_pairs):
     for _ in range(n_pairs - n_same):  # different-class pairs
         c1, c2 = rng.choice(classes, 2, replace=False)
         first.append(rng.choice(np.flatnonzero(y == c1))), second.append(rng.choice(np.flatnonzero(y == c2)))
-    X = np.asarray(X)
     return X[first], X[second], np.arange(n_pairs) < n_same
 
 
