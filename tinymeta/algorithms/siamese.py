@@ -2,7 +2,7 @@ r"""Siamese networks: a learned verification score on pairs, then one-shot by ne
 
 Koch, Zemel and Salakhutdinov, "Siamese Neural Networks for One-shot Image
 Recognition", ICML Deep Learning Workshop 2015 (section 3.1: weighted L1 and
-sigmoid; 3.2: cross-entropy; 3.3/4.3: one-shot by the best-scoring pair).
+sigmoid; 3.2: cross-entropy and initialisation; 4.3: one-shot by the best-scoring pair).
 
 .. math::
     \Delta = f(x_1) - f(x_2),\quad z = \sum_j w_j |\Delta_j| + b,\quad p = \sigma(z),\quad
