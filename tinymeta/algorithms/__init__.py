@@ -22,5 +22,6 @@ Each module also exposes its public contract (DESIGN.md section 6), e.g.
 ``maml.meta_loss_and_grad(net, theta, batch, inner_lr=, inner_steps=, first_order=)``.
 """
 from . import inner_loop, maml
+from . import embedding, matching, matching_fce, protonet, relation, siamese  # the metric family
 
-__all__ = ["inner_loop", "maml"]
+__all__ = ["inner_loop", "maml", "embedding", "matching", "matching_fce", "protonet", "relation", "siamese"]

@@ -1,0 +1,166 @@
+r"""Prototypical Networks: classify a query by its squared distance to class means.
+
+Snell, Swersky and Zemel, "Prototypical Networks for Few-shot Learning",
+NeurIPS 2017 (section 2.2, eq. 1-2; Algorithm 1; section 2.4).
+
+.. math::
+    c_k = \frac1{|S_k|}\sum_{j \in S_k} f(x_j),\qquad
+    p(y = k \mid x) = \operatorname{softmax}_k\!\big(-\|f(x) - c_k\|^2\big),\qquad
+    \mathcal L = -\frac1{n_Q}\sum_{i \in Q} \log p(y_i \mid x_i)
+
+The gradient on embeddings, with :math:`D_{ik} = \|q_i - c_k\|^2`,
+:math:`G = \partial\mathcal L/\partial(-D) = (P - Y_Q)/n_Q` and the
+averaging matrix :math:`A = \mathrm{diag}(1/|S_k|)\, Y_S^\top` (so :math:`C = A E_S`):
+
+.. math::
+    \frac{\partial\mathcal L}{\partial E_Q} = -2\big(\mathrm{diag}(G\mathbf 1) E_Q - G C\big) = 2\,G C,\qquad
+    \frac{\partial\mathcal L}{\partial C} = -2\big(\mathrm{diag}(G^\top\mathbf 1) C - G^\top E_Q\big),\qquad
+    \frac{\partial\mathcal L}{\partial E_S} = A^\top \frac{\partial\mathcal L}{\partial C}
+
+(:math:`G\mathbf 1 = 0` since each row of :math:`P - Y_Q` sums to zero.)
+The prototypes depend on :math:`\theta`, so the support embeddings receive
+a gradient through them; both are pulled back through ``f`` with ``net.vjp``.
+
+Training uses more ways than testing (``Config.train_ways``, section 3.1):
+the episode sampler reads it; the loss takes ``N`` from the labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import validation as val
+from ..nn.losses import softmax, xent_value_and_grad
+from . import embedding as emb
+
+NAME = "protonet"
+
+
+@dataclass(frozen=True)
+class Config:
+    """ProtoNet settings; defaults are Snell et al. 2017, section 3.1 (Omniglot).
+
+    The algorithm has no hyper-parameter of its own: the fields tell the
+    episode sampler (the trainer) how to build training episodes. The
+    paper trains with Adam at 1e-3, halved every 2000 episodes (section 3.1).
+    """
+
+    train_ways: int = 60  # "training episodes containing 60 classes" (section 3.1)
+    train_queries: int = 5  # "and 5 query points per class" (section 3.1)
+
+    def __post_init__(self):
+        val.check_int(self.train_ways, "train_ways", minimum=2)
+        val.check_int(self.train_queries, "train_queries", minimum=1)
+
+
+# ------------------------------------------------------------ on embeddings
+def prototypes(E_support, y_support, n_way):
+    r"""Class means :math:`C = A E_S` (eq. 1), shape ``(N, D)``, and the averaging matrix ``A`` ``(N, n_s)``."""
+    A = emb.one_hot(y_support, n_way, E_support.dtype).T
+    A /= A.sum(axis=1, keepdims=True)
+    return A @ E_support, A
+
+
+def squared_distances(E_query, C):
+    r""":math:`D_{ik} = \|q_i\|^2 - 2 q_i \cdot c_k + \|c_k\|^2`, shape ``(n_q, N)``."""
+    return (np.sum(E_query ** 2, axis=1)[:, None] - 2 * E_query @ C.T + np.sum(C ** 2, axis=1)[None, :])
+
+
+def linear_classifier(C):
+    r"""The linear-model view of squared distances (section 2.4).
+
+    .. math::
+        -\|q - c_k\|^2 = -\|q\|^2 + w_k \cdot q + b_k,\qquad w_k = 2 c_k,\quad b_k = -\|c_k\|^2
+
+    The first term is the same for every class, so the softmax over
+    ``q @ W + b`` equals the softmax over ``-D``.
+
+    Returns
+    -------
+    W : (D, N) ; b : (N,)
+    """
+    return 2 * C.T, -np.sum(C ** 2, axis=1)
+
+
+def embedding_loss_and_grad(E_support, y_support, E_query, y_query, n_way):
+    """Mean query cross-entropy of softmax(-D) and its gradient wrt the embeddings.
+
+    Parameters
+    ----------
+    E_support : (n_s, D) ; y_support : (n_s,) labels, every class present
+    E_query : (n_q, D) ; y_query : (n_q,) labels ; n_way : int ``N``
+
+    Returns
+    -------
+    (float, dE_support (n_s, D), dE_query (n_q, D))
+    """
+    C, A = prototypes(E_support, y_support, n_way)
+    loss, G = xent_value_and_grad(-squared_distances(E_query, C), y_query)
+    dD = -G  # the logits are -D
+    dE_query = 2 * (dD.sum(axis=1)[:, None] * E_query - dD @ C)
+    dC = 2 * (dD.sum(axis=0)[:, None] * C - dD.T @ E_query)
+    return loss, A.T @ dC, dE_query
+
+
+# ------------------------------------------------ through the embedding net
+def loss_and_grad(net, theta, X_support, y_support, X_query, y_query):
+    """Mean query cross-entropy of one episode and its gradient wrt ``theta``.
+
+    Parameters
+    ----------
+    net : MLP embedding ``f`` ; theta : (net.n_params,)
+    X_support : (n_s, d_in) ; y_support : (n_s,) labels ``0..N-1``, every class present
+    X_query : (n_q, d_in) ; y_query : (n_q,) labels in ``0..N-1``
+
+    Returns
+    -------
+    (float, (net.n_params,) array)
+    """
+    return _episode(net, theta, X_support, y_support, X_query, y_query)[:2]
+
+
+def _episode(net, theta, X_support, y_support, X_query, y_query):
+    Xs, ys, Xq, yq, n_way = emb.check_episode(net, X_support, y_support, X_query, y_query)
+    Es, Eq = emb.embed(net, theta, Xs, Xq)
+    loss, dEs, dEq = embedding_loss_and_grad(Es, ys, Eq, yq, n_way)
+    return loss, emb.pull_back(net, theta, Xs, Xq, dEs, dEq), n_way
+
+
+def logits(net, theta, X_support, y_support, X_query):
+    """Class scores ``-D`` of each query, shape ``(n_q, N)``; softmax gives eq. 2."""
+    Xs, ys, Xq, _, n_way = emb.check_episode(net, X_support, y_support, X_query)
+    Es, Eq = emb.embed(net, theta, Xs, Xq)
+    return -squared_distances(Eq, prototypes(Es, ys, n_way)[0])
+
+
+def probabilities(net, theta, X_support, y_support, X_query):
+    """``p(y = k | x)`` for each query (eq. 2), shape ``(n_q, N)``."""
+    return softmax(logits(net, theta, X_support, y_support, X_query))
+
+
+# ------------------------------------------------ the training-loop protocol
+def init_params(net, rng, config):
+    """Meta-parameters: ``{"theta": net.init(rng)}``."""
+    return {"theta": net.init(rng)}
+
+
+def meta_step(net, params, batch, config):
+    """Mean episode loss over the batch and its gradient ``{"theta": ...}``."""
+    theta = val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,))
+
+    def episode(Xs, ys, Xq, yq):
+        loss, grad, n_way = _episode(net, theta, Xs, ys, Xq, yq)
+        return loss, {"theta": grad}, n_way
+
+    return emb.batch_mean(episode, batch)
+
+
+def predict(net, params, X_support, y_support, X_query, steps, config):
+    """Class scores ``-D``, shape ``(1, n_q, N)``.
+
+    ProtoNet does not adapt: the first axis has length 1 whatever ``steps``
+    (validated, then unused), the prediction "after 0 steps".
+    """
+    emb.check_steps(steps)
+    return logits(net, params["theta"], X_support, y_support, X_query)[None]
