@@ -38,7 +38,7 @@ def test_without_perturbation_every_drawing_is_the_class_prototype():
 def test_ink_is_drawn_and_stays_in_the_frame():
     data = glyphs.classes(50)
     ink = data.images.reshape(1000, -1).astype(float) / 255
-    assert (ink.max(axis=1) > 0.9).all() and 0.04 < ink.mean() < 0.15  # Omniglot at 28x28: about 8 %
+    assert (ink.max(axis=1) > 0.5).all() and 0.03 < ink.mean() < 0.12  # Omniglot at 28x28: about 8 %
     border = np.ones((28, 28), bool)
     border[2:-2, 2:-2] = False
     assert data.images[:, :, border].mean() / 255 < 0.01
