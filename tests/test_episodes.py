@@ -85,6 +85,8 @@ def test_bad_generator_and_data_are_refused(data):
         episodes.sample_episodes(data, 0, 5, 1, 1)
     with pytest.raises(ValueError, match="n_episodes must be >= 1"):
         episodes.sample_episodes(data, np.random.default_rng(0), 5, 1, 1, n_episodes=0)
+    with pytest.raises(TypeError, match="dtype must be a floating-point type"):
+        episodes.sample_episodes(data, np.random.default_rng(0), 5, 1, 1, dtype="int64")
     with pytest.raises(TypeError, match="uint8"):
         episodes.sample_episodes(data._replace(images=data.images / 255), np.random.default_rng(0), 5, 1, 1)
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-SIDE = 28  # images are SIDE x SIDE (Finn et al. 2017, section 5.2: "resized to 28x28")
+SIDE = 28  # images are SIDE x SIDE, as in Finn et al. 2017, section 5.2
 INK = 255  # the stored value of full ink; paper is 0
 
 
@@ -83,8 +83,8 @@ class ImageSplit(NamedTuple):
 def with_rotations(data: ImageClasses) -> ImageClasses:
     """Each class and its rotations by 90, 180 and 270 degrees as four classes.
 
-    Santoro et al. 2016 (section 4.1) and Finn et al. 2017 (section 5.2)
-    augment the meta-training characters this way. Rotation is
+    Finn et al. 2017 (section 5.2), after Santoro et al. 2016, augment the
+    meta-training characters this way. Rotation is
     counter-clockwise (``np.rot90``); the classes are ordered class-major:
     ``[c0, c0+90, c0+180, c0+270, c1, ...]``, named ``name/rot090`` etc.
 

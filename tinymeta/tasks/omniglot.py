@@ -19,9 +19,10 @@ Resizing (``resize=``):
 
 Pixels follow ``images.py``: uint8 ink intensity, 0 = paper, 255 = ink.
 
-Where the archives are looked for, first match wins: the ``root`` argument,
-then the ``TINYMETA_OMNIGLOT`` environment variable (a folder), then
-``<cache>/omniglot/``. The cache folder is ``$TINYMETA_CACHE``, else
+Where the archives are looked for: the ``root`` argument if given, else the
+``TINYMETA_OMNIGLOT`` environment variable (a folder) if set, else
+``<cache>/omniglot/`` (the first place given is used; a wrong folder is an
+error, never a fallback). The cache folder is ``$TINYMETA_CACHE``, else
 ``$XDG_CACHE_HOME/tinymeta``, else ``~/.cache/tinymeta``; decoded arrays are
 cached there as ``.npz``, keyed by the archive's SHA-256 and the resize, with
 a SHA-256 of the arrays stored alongside: a cache that does not match is
@@ -53,7 +54,7 @@ ARCHIVES = {"background": ("images_background.zip", 964, 30),
 DRAWINGS = 20  # every character was drawn by 20 people (Lake et al. 2015)
 RAW_SIDE = 105
 RESIZES = ("nearest", "lanczos")
-MAML_TRAIN = 1200  # Santoro et al. 2016, section 4.1; Finn et al. 2017, section 5.2
+MAML_TRAIN = 1200  # Finn et al. 2017, section 5.2, after Santoro et al. 2016 and Vinyals et al. 2016
 MAML_SPLIT_SEED = 1  # the reference code seeds its shuffle with random.seed(1)
 CACHE_FORMAT = 1
 _MEMBER = re.compile(r"^(images_background|images_evaluation)/([^/]+)/character(\d+)/(\d{4})_(\d{2})\.png$")
