@@ -21,6 +21,6 @@ Every algorithm module follows one protocol, so that one training loop
 Each module also exposes its public contract (DESIGN.md section 6), e.g.
 ``maml.meta_loss_and_grad(net, theta, batch, inner_lr=, inner_steps=, first_order=)``.
 """
-from . import anil, cavia, imaml, inner_loop, maml, metasgd, solvers
+from . import anil, cavia, imaml, inner_loop, maml, metasgd, reptile, solvers
 
-__all__ = ["anil", "cavia", "imaml", "inner_loop", "maml", "metasgd", "solvers"]
+__all__ = ["anil", "cavia", "imaml", "inner_loop", "maml", "metasgd", "reptile", "solvers"]
