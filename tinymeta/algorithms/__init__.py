@@ -21,7 +21,8 @@ Every algorithm module follows one protocol, so that one training loop
 Each module also exposes its public contract (DESIGN.md section 6), e.g.
 ``maml.meta_loss_and_grad(net, theta, batch, inner_lr=, inner_steps=, first_order=)``.
 """
-from . import inner_loop, maml
+from . import anil, cavia, imaml, inner_loop, maml, metasgd, reptile, solvers  # the gradient-based family
 from . import embedding, matching, matching_fce, protonet, relation, siamese  # the metric family
 
-__all__ = ["inner_loop", "maml", "embedding", "matching", "matching_fce", "protonet", "relation", "siamese"]
+__all__ = ["anil", "cavia", "imaml", "inner_loop", "maml", "metasgd", "reptile", "solvers",
+           "embedding", "matching", "matching_fce", "protonet", "relation", "siamese"]
