@@ -214,7 +214,7 @@ def _cmd_reproduce(args) -> int:
         print(f"[{r['status']}] {r['name']}" + (f": {shots}" if shots else ""), flush=True)
 
     path = reproduce_sinusoid(args.out, algorithms=args.algorithms, seeds=args.seeds, iterations=args.iterations,
-                              eval_tasks=args.eval_tasks, jobs=args.jobs, on_result=done,
+                              eval_tasks=args.eval_tasks, val_tasks=args.val_tasks, jobs=args.jobs, on_result=done,
                               command=" ".join(["tinymeta", *args.argv]))
     print(f"\nreport: {path}")
     print(path.read_text().split("## Every run")[0])
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithms", type=_names, default=None,
                    help=f"comma-separated subset of {','.join(sorted(registry.ALGORITHMS))} (default: all of them)")
     p.add_argument("--eval-tasks", type=int, default=600, help="fixed test tasks")
+    p.add_argument("--val-tasks", type=int, default=100, help="fixed validation tasks (monitoring, baseline tuning)")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time, one process each (default: all cores)")
     p.set_defaults(run=_cmd_reproduce)
     return parser

@@ -33,12 +33,12 @@ def task_scores(net, module, params, config, batch, steps):
     scores = np.empty((batch.n_tasks, steps + 1))
     for i in range(batch.n_tasks):
         X_support, y_support, X_query, y_query = batch.task(i)
-        out = module.predict(net, params, X_support, y_support, X_query, steps, config)
-        finite = np.isfinite(out).all(axis=(1, 2))
-        if net.loss_name == "xent":
-            score = (np.argmax(out, axis=2) == y_query[None, :]).mean(axis=1)
-        else:
-            with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is expected, then counted
+            out = module.predict(net, params, X_support, y_support, X_query, steps, config)
+            finite = np.isfinite(out).all(axis=(1, 2))
+            if net.loss_name == "xent":
+                score = (np.argmax(out, axis=2) == y_query[None, :]).mean(axis=1)
+            else:
                 score = ((out - y_query[None]) ** 2).sum(axis=2).mean(axis=1)
         scores[i] = np.where(finite, score, np.nan)
     return scores

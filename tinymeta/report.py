@@ -80,7 +80,8 @@ def write_sinusoid_report(out_dir: Path, specs, results, seconds, jobs, command)
               f"- Training seeds: {', '.join(map(str, seeds))}. Cells: mean over seeds ± mean 95% interval over "
               "tasks (range of the seeds' means).",
               "- Pretrained baseline: the same network regressed on the training tasks' query points "
-              "(MAML with 0 inner steps), fine-tuned at test time with a step size chosen on 100 validation tasks "
+              f"(MAML with 0 inner steps), fine-tuned at test time with a step size chosen on {config.val_tasks} "
+              "fixed validation tasks (disjoint from the test tasks) "
               f"from {list(registry.BASELINE_STEP_GRID)} (by the MSE after {config.eval_steps} steps).", ""]
     missing = [a for a in ALGORITHM_ORDER if a not in registry.ALGORITHMS]
     lines += [f"## {TEST_SHOTS}-shot test MSE, models meta-trained with K = 10 (Finn et al. 2017, Table 2)", "",

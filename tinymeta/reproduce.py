@@ -43,14 +43,14 @@ class RunSpec:
     eval_shots: tuple
 
 
-def sinusoid_plan(algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_tasks=600) -> list:
+def sinusoid_plan(algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_tasks=600, val_tasks=100) -> list:
     """The runs of the sinusoid protocol, deduplicated (MAML at K = 10 serves both tables)."""
     available = [a for a in ALGORITHM_ORDER if a in registry.ALGORITHMS] + \
                 sorted(set(registry.ALGORITHMS) - set(ALGORITHM_ORDER))
     algorithms = available if algorithms is None else list(algorithms)
     for a in algorithms:
         registry.algorithm(a)
-    base = TrainConfig(iterations=iterations, eval_tasks=eval_tasks, eval_shots=TEST_SHOTS,
+    base = TrainConfig(iterations=iterations, eval_tasks=eval_tasks, val_tasks=val_tasks, eval_shots=TEST_SHOTS,
                        eval_every=max(10, iterations // 20), checkpoint_every=max(1, min(5000, iterations // 10)),
                        log_every=max(1, min(100, iterations // 200)))
     specs = {}
@@ -130,13 +130,13 @@ def run_plan(out_dir, specs, jobs=1, on_result=None) -> list:
     return sorted(results, key=lambda r: order[r["name"]])
 
 
-def reproduce_sinusoid(out_dir, algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_tasks=600, jobs=None,
-                       on_result=None, command="tinymeta reproduce sinusoid") -> Path:
+def reproduce_sinusoid(out_dir, algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_tasks=600, val_tasks=100,
+                       jobs=None, on_result=None, command="tinymeta reproduce sinusoid") -> Path:
     """Run the sinusoid protocol in ``out_dir``; write ``REPRODUCTION.md`` and figures there; return its path."""
     from .report import write_sinusoid_report
 
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
-    specs = sinusoid_plan(algorithms, seeds, iterations, eval_tasks)
+    specs = sinusoid_plan(algorithms, seeds, iterations, eval_tasks, val_tasks)
     start = time.perf_counter()
     results = run_plan(out_dir, specs, jobs, on_result)
     return write_sinusoid_report(Path(out_dir), specs, results, time.perf_counter() - start, jobs, command)

@@ -139,7 +139,7 @@ def _prepare(run_dir: Path, config, resume: bool, overwrite: bool):
         raise ValueError("config is required unless resume=True")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{run_dir} already holds a run; resume it (resume=True; tinymeta train --resume) "
-                              f"or replace it (overwrite=True)")
+                              f"or replace it (overwrite=True; --overwrite)")
     run_dir.mkdir(parents=True, exist_ok=True)
     for p in [*(run_dir / name for name in OUTPUTS), *run_dir.glob("eval_*shot.json"), *run_dir.glob("*.png")]:
         if p.exists():
