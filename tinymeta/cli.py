@@ -153,9 +153,14 @@ def _algo_options(algo, pairs) -> dict:
 
 
 def _report(run_dir, evaluation, paths):
+    from .reproduce import PUBLISHED_TABLE2, TEST_SHOTS
     from .runs import format_table
 
     print(format_table([evaluation]))
+    published = PUBLISHED_TABLE2.get(evaluation["algo"])
+    if published and evaluation["task"] == "sinusoid" and (evaluation["train_shots"], evaluation["shots"]) == (10, TEST_SHOTS):
+        print(f"published, Finn et al. 2017, Table 2 ({evaluation['algo']}, 70 000 iterations): "
+              + ", ".join(f"{s} step{'s' * (s != 1)} {v:.2f}" for s, v in published.items()))
     if evaluation.get("tuned"):
         t = evaluation["tuned"]
         print(f"({t['field']} = {t['value']}, chosen by {t['criterion']})")
