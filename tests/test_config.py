@@ -1,5 +1,6 @@
 """TrainConfig and the registry: validation with clear errors, algorithm defaults, JSON round trip."""
 import dataclasses
+import types
 
 import pytest
 
@@ -30,6 +31,27 @@ def test_an_algorithm_can_bring_its_own_outer_loop(monkeypatch):
     c = TrainConfig(algo="sgdlike")
     assert (c.optimizer, c.outer_lr, c.schedule) == ("sgd", 0.1, "linear")
     assert TrainConfig(algo="sgdlike", outer_lr=0.5).outer_lr == 0.5
+
+
+def test_outer_settings_can_come_from_the_algorithm_config(monkeypatch):
+    """The Config carries the outer step (Reptile's epsilon): options change it through the registry."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config(maml.Config):
+        outer_lr: float = 0.1
+
+    module = types.SimpleNamespace(**{**vars(maml), "Config": Config})
+    entry = registry.Algorithm(module, outer=lambda c: {"optimizer": "sgd", "outer_lr": c.outer_lr})
+    monkeypatch.setitem(registry.ALGORITHMS, "fromconfig", entry)
+    assert TrainConfig(algo="fromconfig").outer_lr == 0.1
+    assert TrainConfig(algo="fromconfig", algo_options={"outer_lr": 0.3}).outer_lr == 0.3
+
+
+def test_an_algorithm_can_change_the_network(monkeypatch):
+    """CAVIA's way: extra context inputs on the task's network."""
+    entry = registry.Algorithm(maml, network=lambda net, c: net.replace(sizes=[net.sizes[0] + 3, *net.sizes[1:]]))
+    monkeypatch.setitem(registry.ALGORITHMS, "widened", entry)
+    assert TrainConfig(algo="widened").net().sizes == (4, 40, 40, 1)
 
 
 def test_json_round_trip():

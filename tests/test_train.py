@@ -14,7 +14,7 @@ import pytest
 from tinymeta import checkpoint, registry
 from tinymeta.algorithms import maml
 from tinymeta.config import TrainConfig
-from tinymeta.train import TrainingDiverged, learning_rate, load_run, read_log, train
+from tinymeta.train import TrainingDiverged, TrainingStopped, learning_rate, load_run, read_log, train
 
 TINY = dict(hidden=(8,), meta_batch=3, shots=4, query=5, eval_shots=3, eval_steps=2, val_tasks=5, eval_tasks=10,
             log_every=2, eval_every=3, checkpoint_every=4)
@@ -148,3 +148,28 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     logged = [r["iteration"] for r in read_log(run_dir) if r["kind"] == "train"]
     assert logged[-1] == iteration
     assert os.listdir(run_dir).count("checkpoint.npz") == 1
+
+
+def test_an_algorithm_error_stops_training_with_the_iteration_and_the_checkpoint(tmp_path, monkeypatch):
+    calls = []
+
+    def meta_step(net, params, batch, config):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("the inner solver did not converge")
+        return maml.meta_step(net, params, batch, config)
+
+    module = types.SimpleNamespace(**{**vars(maml), "meta_step": meta_step})
+    monkeypatch.setitem(registry.ALGORITHMS, "flaky", registry.Algorithm(module))
+    with pytest.raises(TrainingStopped, match="iteration 6: flaky's meta_step raised RuntimeError: the inner "
+                                              "solver did not converge. Last good checkpoint: .*iteration 4"):
+        train(tmp_path, _config(algo="flaky", iterations=20), progress=False)
+    assert load_run(tmp_path)[2] == 4 and read_log(tmp_path)[-1]["kind"] == "stopped"
+
+
+def test_should_stop_checkpoints_and_returns_interrupted_then_resumes(tmp_path):
+    calls = []
+    result = train(tmp_path, _config(iterations=10), progress=False,
+                   should_stop=lambda: calls.append(1) or len(calls) >= 3)
+    assert result.status == "interrupted" and result.iteration == 3 and load_run(tmp_path)[2] == 3
+    assert train(tmp_path, resume=True, progress=False).iteration == 10

@@ -172,7 +172,7 @@ def _report(run_dir, evaluation, paths):
 def _cmd_train(args) -> int:
     from . import runs
     from .config import TrainConfig
-    from .train import TrainingDiverged, train
+    from .train import TrainingStopped, train
 
     given = {field: getattr(args, field) for _, field, _, _ in TRAIN_OPTIONS if getattr(args, field) is not None}
     if args.resume:
@@ -189,7 +189,7 @@ def _cmd_train(args) -> int:
         run_dir = Path(args.out or f"runs/{algo}-{task}-seed{config.seed}")
     try:
         result = train(run_dir, config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except TrainingDiverged as err:
+    except TrainingStopped as err:
         print(f"tinymeta train: {err}", file=sys.stderr)
         return 1
     if result.status == "interrupted":
@@ -213,17 +213,28 @@ def _cmd_eval(args) -> int:
 def _cmd_reproduce(args) -> int:
     from .reproduce import reproduce_sinusoid
 
+    statuses = []
+
     def done(r):
+        statuses.append(r)
         shots = ", ".join(f"{k}-shot MSE after 1 step {e['mean'][1]:.3f}" for k, e in sorted(r["evaluations"].items())
                           if len(e["mean"]) > 1 and e["mean"][1] is not None)
         print(f"[{r['status']}] {r['name']}" + (f": {shots}" if shots else ""), flush=True)
 
-    path = reproduce_sinusoid(args.out, algorithms=args.algorithms, seeds=args.seeds, iterations=args.iterations,
-                              eval_tasks=args.eval_tasks, val_tasks=args.val_tasks, jobs=args.jobs, on_result=done,
-                              command=" ".join(["tinymeta", *args.argv]))
+    try:
+        path = reproduce_sinusoid(args.out, algorithms=args.algorithms, seeds=args.seeds, iterations=args.iterations,
+                                  eval_tasks=args.eval_tasks, val_tasks=args.val_tasks, jobs=args.jobs,
+                                  on_result=done, command=" ".join(["tinymeta", *args.argv]))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished runs and checkpoints are kept in {args.out}. "
+              "Run the same command again to continue.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"\nreport: {path}")
     print(path.read_text().split("## Every run")[0])
-    return 0
+    failed = [r["name"] for r in statuses if r["status"] != "finished"]
+    if failed:
+        print(f"{len(failed)} run(s) did not finish: {', '.join(failed)} (see the report)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

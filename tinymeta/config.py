@@ -54,15 +54,14 @@ class TrainConfig:
 
     def __post_init__(self):
         algo, task = registry.algorithm(self.algo), registry.task(self.task)
-        defaults = {"optimizer": "adam", "outer_lr": 1e-3, "schedule": "constant", "lr_step_every": 2000,
-                    "lr_step_factor": 0.5, **algo.outer}
-        for name in OUTER_FIELDS:
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, defaults[name])
         if not isinstance(self.algo_options, dict):
             raise TypeError(f"algo_options must be a dict of Config fields, got {type(self.algo_options).__name__}")
         object.__setattr__(self, "algo_options", dict(self.algo_options))
-        self.algorithm_config()  # validates the options
+        defaults = {"optimizer": "adam", "outer_lr": 1e-3, "schedule": "constant", "lr_step_every": 2000,
+                    "lr_step_factor": 0.5, **algo.outer_settings(self.algorithm_config())}
+        for name in OUTER_FIELDS:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults[name])
         hidden = task.hidden if self.hidden is None else self.hidden
         if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
             raise TypeError(f"hidden must be a sequence of layer widths, got {hidden!r}")
@@ -98,10 +97,11 @@ class TrainConfig:
         return registry.algorithm(self.algo).config(**self.algo_options)
 
     def net(self) -> MLP:
-        """The network: the task's input and output widths around ``hidden``."""
-        task = registry.task(self.task)
-        return MLP([task.d_in, *self.hidden, task.d_out], activation=self.activation, loss=task.loss,
-                   dtype=self.dtype, backend=self.backend)
+        """The network: the task's input and output widths around ``hidden``, as the algorithm needs it."""
+        task, algo = registry.task(self.task), registry.algorithm(self.algo)
+        net = MLP([task.d_in, *self.hidden, task.d_out], activation=self.activation, loss=task.loss,
+                  dtype=self.dtype, backend=self.backend)
+        return net if algo.network is None else algo.network(net, self.algorithm_config())
 
     def to_dict(self) -> dict:
         """A JSON-ready dict; ``TrainConfig.from_dict(c.to_dict()) == c``."""

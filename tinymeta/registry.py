@@ -2,15 +2,22 @@
 
 Each algorithm entry is one line: the module that follows the training-loop
 protocol (``tinymeta/algorithms/__init__.py``), overrides of its ``Config``,
-and the outer-loop settings it needs when they differ from the trainer's
-defaults (Adam, 1e-3, constant). Adding an algorithm is adding a line, e.g.::
+the outer-loop settings it needs when they differ from the trainer's
+defaults (Adam, 1e-3, constant), and, if it needs one, a change of the
+task's network. Adding an algorithm is adding a line, e.g.::
 
     "metasgd": Algorithm(metasgd, doc="Meta-SGD: learned per-parameter steps (Li et al. 2017)"),
-    "reptile": Algorithm(reptile, outer={"optimizer": "sgd", "outer_lr": reptile.Config().outer_lr,
-                                         "schedule": "linear"}, doc="Reptile (Nichol et al. 2018)"),
+    "anil": Algorithm(anil, doc="ANIL: adapt the head only (Raghu et al. 2020)"),
+    "imaml": Algorithm(imaml, doc="iMAML: implicit gradients by conjugate gradient (Rajeswaran et al. 2019)"),
+    "reptile": Algorithm(reptile, outer=lambda c: {"optimizer": c.outer_optimizer, "outer_lr": c.outer_lr,
+                                                   "schedule": "linear" if c.anneal else "constant"},
+                         doc="Reptile (Nichol et al. 2018)"),
+    "cavia": Algorithm(cavia, network=lambda net, c: cavia.widen_input(net, c.n_context),
+                       doc="CAVIA: adapt context inputs only (Zintgraf et al. 2019)"),
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from types import ModuleType
 
@@ -27,15 +34,25 @@ BASELINE_STEP_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
 class Algorithm:
     """A trainable algorithm: its protocol module, ``Config`` overrides, outer-loop defaults.
 
+    ``outer``: trainer settings (``optimizer``, ``outer_lr``, ``schedule``,
+    ``lr_step_every``, ``lr_step_factor``) as a dict, or a function of the
+    algorithm's ``Config`` returning one (for settings the Config carries).
+    ``network``: ``f(net, config) -> net``, the network the algorithm needs
+    from the task's (CAVIA's extra context inputs); None keeps the task's.
     ``tune``: ``(field, values)`` of a ``Config`` field chosen on the
     validation tasks before testing (the pretrained baseline's step size).
     """
 
     module: ModuleType
     overrides: dict = field(default_factory=dict)
-    outer: dict = field(default_factory=dict)
+    outer: dict | Callable = field(default_factory=dict)
+    network: Callable | None = None
     doc: str = ""
     tune: tuple = ()
+
+    def outer_settings(self, config) -> dict:
+        """The outer-loop settings this algorithm asks for, given its ``Config``."""
+        return dict(self.outer(config) if callable(self.outer) else self.outer)
 
     def config(self, **options):
         """The algorithm's ``Config`` with the registry overrides, then ``options``."""

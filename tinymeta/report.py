@@ -101,7 +101,8 @@ def write_sinusoid_report(out_dir: Path, specs, results, seconds, jobs, command)
         lines += ["", f"Not in this build's registry (not run): {', '.join(missing)}."]
     failed = [r for r in results if r["status"] != "finished"]
     for r in failed:
-        lines += ["", f"Run {r['name']}: {r['status']}. {r.get('message', '')}"]
+        message = r.get("message", "").strip().splitlines()
+        lines += ["", f"Run {r['name']}: {r['status']}." + (f" {message[-1]}" if message else "")]
     figures = _figures(out_dir, main, results)
     lines += ["", *[f"![{name}]({name})" for name in figures], ""]
     lines += _shot_study(results)

@@ -10,20 +10,23 @@ Meta-SGD against MAML trained and tested at 5, 10, 20 shots, 1 step.
 Each run lives in its own directory under the output directory and is
 resumable: running the command again continues unfinished runs and reuses
 finished ones. Runs execute in ``jobs`` separate processes (the models are
-far too small for threads to help inside one run).
+far too small for threads to help inside one run); the parent only
+schedules them and collects their results.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import multiprocessing
 import os
+from queue import Empty
+import signal
 import time
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import registry, runs
 from .config import TrainConfig
-from .train import CHECKPOINT, TrainingDiverged, load_run, train
+from .train import CHECKPOINT, TrainingDiverged, TrainingStopped, load_run, train
 
 # Finn et al. 2017, Appendix C, Table 2: 5-shot test MSE after 1 / 5 / 10 steps (trained with K = 10).
 PUBLISHED_TABLE2 = {"maml": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
@@ -72,11 +75,13 @@ def sinusoid_plan(algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_task
     return list(specs.values())
 
 
-def run_spec(out_dir, spec: RunSpec, progress=False) -> dict:
+def run_spec(out_dir, spec: RunSpec, progress=False, should_stop=None) -> dict:
     """Train (or resume, or reuse) one run, then evaluate it at each of its shots."""
     run_dir = Path(out_dir) / spec.name
     result = {"name": spec.name, "algo": spec.config.algo, "seed": spec.config.seed, "shots": spec.config.shots,
               "status": "finished", "evaluations": {}}
+    if should_stop is not None and should_stop():
+        return {**result, "status": "interrupted"}
     try:
         if (run_dir / CHECKPOINT).exists():
             config, _, iteration, _ = load_run(run_dir)
@@ -84,11 +89,12 @@ def run_spec(out_dir, spec: RunSpec, progress=False) -> dict:
                 raise ValueError(f"{run_dir} holds a run with another configuration; choose another output "
                                  f"directory or remove it")
             if iteration < config.iterations:
-                result["status"] = train(run_dir, resume=True, progress=progress).status
+                result["status"] = train(run_dir, resume=True, progress=progress, should_stop=should_stop).status
         else:
-            result["status"] = train(run_dir, spec.config, progress=progress).status
-    except TrainingDiverged as err:
-        return {**result, "status": "diverged", "message": str(err)}
+            result["status"] = train(run_dir, spec.config, progress=progress, should_stop=should_stop).status
+    except TrainingStopped as err:
+        status = "diverged" if isinstance(err, TrainingDiverged) else "stopped"
+        return {**result, "status": status, "message": str(err)}
     if result["status"] != "finished":
         return result
     _, _, iteration, _ = load_run(run_dir)
@@ -102,14 +108,28 @@ def run_spec(out_dir, spec: RunSpec, progress=False) -> dict:
     return result
 
 
-def _single_thread_worker():
+def _worker(out_dir, spec, results, stop):
+    """One run in its own process. The parent answers Ctrl-C by setting ``stop`` (train() also
+    handles a SIGINT that reaches it directly); outside train() this process ignores SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import numba  # the compiled kernels may run parallel over tasks: one thread per process here
 
     numba.set_num_threads(1)
+    try:
+        results.put(run_spec(out_dir, spec, should_stop=stop.is_set))
+    except Exception:  # reported in REPRODUCTION.md, the other runs go on
+        results.put({"name": spec.name, "algo": spec.config.algo, "seed": spec.config.seed,
+                     "shots": spec.config.shots, "status": "error", "message": traceback.format_exc(),
+                     "evaluations": {}})
 
 
 def run_plan(out_dir, specs, jobs=1, on_result=None) -> list:
-    """Run every spec, in ``jobs`` processes; ``on_result(result)`` is called as each one ends."""
+    """Run every spec, ``jobs`` at a time, each in its own process if ``jobs > 1``.
+
+    ``on_result(result)`` is called as each run ends. Ctrl-C: running runs
+    save their checkpoints, no new run starts, and ``KeyboardInterrupt``
+    propagates; calling again continues where it stopped.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -118,14 +138,40 @@ def run_plan(out_dir, specs, jobs=1, on_result=None) -> list:
             results.append(run_spec(out_dir, spec, progress=True))
             if on_result:
                 on_result(results[-1])
+            if results[-1]["status"] == "interrupted":
+                raise KeyboardInterrupt
         return results
     context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_single_thread_worker) as pool:
-        futures = [pool.submit(run_spec, out_dir, spec) for spec in specs]
-        for future in cf.as_completed(futures):
-            results.append(future.result())
-            if on_result:
-                on_result(results[-1])
+    queue, stop = context.Queue(), context.Event()
+    pending, running = list(specs), {}
+    while pending or running:
+        while pending and len(running) < jobs and not stop.is_set():
+            spec = pending.pop(0)
+            running[spec.name] = context.Process(target=_worker, args=(out_dir, spec, queue, stop))
+            running[spec.name].start()
+        if not running:
+            break
+        try:
+            result = queue.get(timeout=1.0)
+        except KeyboardInterrupt:
+            stop.set()  # running runs checkpoint at their next iteration and report "interrupted"
+            continue
+        except Empty:  # a process that died without a word (killed, crashed) becomes an error result
+            dead = [name for name, p in running.items() if p.exitcode not in (None, 0)]
+            for name in dead:
+                spec, code = next(s for s in specs if s.name == name), running.pop(name).exitcode
+                result = {"name": name, "algo": spec.config.algo, "seed": spec.config.seed, "shots": spec.config.shots,
+                          "status": "error", "message": f"its process exited with code {code}", "evaluations": {}}
+                results.append(result)
+                if on_result:
+                    on_result(result)
+            continue
+        running.pop(result["name"]).join()
+        results.append(result)
+        if on_result:
+            on_result(result)
+    if stop.is_set():
+        raise KeyboardInterrupt
     order = {s.name: i for i, s in enumerate(specs)}
     return sorted(results, key=lambda r: order[r["name"]])
 

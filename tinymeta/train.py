@@ -38,7 +38,11 @@ CHECKPOINT, LOG, CONFIG = "checkpoint.npz", "log.jsonl", "config.json"
 OUTPUTS = (CHECKPOINT, LOG, CONFIG)  # what a fresh run replaces (evaluations and plots too, by pattern)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (the algorithm raised a RuntimeError); the last good checkpoint is kept."""
+
+
+class TrainingDiverged(TrainingStopped):
     """The meta-loss, the meta-gradient or the parameters became non-finite."""
 
 
@@ -85,8 +89,12 @@ def init_state(config: TrainConfig):
     return params, make_optimizer(config).init(params), data_rng
 
 
+def _last_good(run_dir, last_saved):
+    return f"{run_dir / CHECKPOINT} (iteration {last_saved})" if last_saved is not None else "none was saved"
+
+
 def _check_finite(iteration, loss, grads, params, run_dir, last_saved):
-    where = f"{run_dir / CHECKPOINT} (iteration {last_saved})" if last_saved is not None else "none was saved"
+    where = _last_good(run_dir, last_saved)
     hint = ("Hint: lower the outer learning rate or the algorithm's inner step size, or clip the "
             "meta-gradient (clip_norm).")
     problems = [] if math.isfinite(loss) else [f"the meta-loss is {loss}"]
@@ -160,7 +168,7 @@ def read_log(run_dir) -> list:
 
 
 def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite=False, until=None,
-          progress=True, handle_sigint=True) -> TrainResult:
+          progress=True, handle_sigint=True, should_stop=None) -> TrainResult:
     """Meta-train ``config`` in ``run_dir`` (or resume the run saved there).
 
     Parameters
@@ -172,11 +180,13 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
     until : int or None, stop (with a checkpoint) after this iteration; the run can be resumed
     progress : show a tqdm bar with the running meta-loss
     handle_sigint : on Ctrl-C, save a checkpoint and return with status "interrupted"
+    should_stop : callable returning True to stop the same way (checked every iteration), or None
 
     Raises
     ------
     TrainingDiverged : a non-finite meta-loss, meta-gradient or parameter; the last good
         checkpoint stays in place.
+    TrainingStopped : the algorithm's meta_step raised a RuntimeError (same checkpoint rule).
     """
     run_dir = Path(run_dir)
     config, state = _prepare(run_dir, config, resume, overwrite)
@@ -210,7 +220,12 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
             while sc["iteration"] < stop_at:
                 t = sc["iteration"]
                 batch = task.module.sample(rng, config.meta_batch, config.shots, config.query, config.dtype).batch
-                loss, grads = module.meta_step(net, params, batch, algo_config)
+                try:
+                    loss, grads = module.meta_step(net, params, batch, algo_config)
+                except RuntimeError as err:  # e.g. an inner solver that did not converge
+                    raise TrainingStopped(f"training stopped at iteration {t + 1}: {config.algo}'s meta_step "
+                                          f"raised {type(err).__name__}: {err}. Last good checkpoint: "
+                                          f"{_last_good(run_dir, last_saved)}.") from err
                 loss = float(loss)
                 _check_finite(t + 1, loss, grads, {}, run_dir, last_saved)
                 sc["grad_norm"] = optim.global_norm(grads)
@@ -231,18 +246,20 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
                 if config.eval_every and (it % config.eval_every == 0 or it == config.iterations):
                     validate(it)
                     sc["seconds"] = time.perf_counter() - start
-                if it % config.checkpoint_every == 0 or it == stop_at or stop.requested:
+                halt = stop.requested or (should_stop is not None and should_stop())
+                if it % config.checkpoint_every == 0 or it == stop_at or halt:
                     save()
                     last_saved = it
-                if stop.requested:
+                if halt:
                     status = "interrupted"
                     break
             if status == "finished" and sc["iteration"] < config.iterations:
                 status = "paused"
             if last_saved != sc["iteration"]:  # e.g. resuming a finished run
                 save()
-    except TrainingDiverged as err:
-        write({"kind": "diverged", "iteration": sc["iteration"] + 1, "message": str(err)})
+    except TrainingStopped as err:
+        write({"kind": "diverged" if isinstance(err, TrainingDiverged) else "stopped",
+               "iteration": sc["iteration"] + 1, "message": str(err)})
         raise
     finally:
         bar.close()
