@@ -58,6 +58,16 @@ def test_train_then_eval_print_the_table_and_write_the_plots(tmp_path):
     assert (run_dir / "eval_10shot.json").exists()
 
 
+def test_eval_of_several_runs_prints_one_table_and_one_comparison(tmp_path, capsys):
+    for algo in ("maml", "fomaml"):
+        assert main(["train", "--algo", algo, "--out", str(tmp_path / algo), *TINY_TRAIN, "--no-plots"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "maml"), str(tmp_path / "fomaml"), "--tasks", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("maml") and lines[3].startswith("fomaml")
+    assert (tmp_path / "comparison_5shot.png").stat().st_size > 10_000
+
+
 def _fails(capsys, *args):
     with pytest.raises(SystemExit) as exit_:
         main(list(args))

@@ -81,7 +81,10 @@ def test_an_existing_run_is_neither_overwritten_nor_resumed_with_another_config(
         train(tmp_path, _config(iterations=2), progress=False)
     with pytest.raises(ValueError, match="config differs"):
         train(tmp_path, _config(iterations=3), resume=True, progress=False)
+    (tmp_path / "adaptation.png").write_bytes(b"old plot")
+    (tmp_path / "notes.png").write_bytes(b"the user's own file")
     assert train(tmp_path, _config(iterations=3, seed=1), overwrite=True, progress=False).iteration == 3
+    assert not (tmp_path / "adaptation.png").exists() and (tmp_path / "notes.png").exists()
     with pytest.raises(FileNotFoundError, match="resume needs a checkpoint"):
         train(tmp_path / "empty", resume=True, progress=False)
 

@@ -2,7 +2,7 @@
 
     tinymeta gradcheck [--sizes 3,8,6,4] [--seed 0] [--tol 1e-6]
     tinymeta train --algo maml --task sinusoid [--iterations 70000] [--out RUN_DIR] [--resume] ...
-    tinymeta eval RUN_DIR [--shots 5] [--steps 10]
+    tinymeta eval RUN_DIR [RUN_DIR ...] [--shots 5] [--steps 10]
     tinymeta reproduce sinusoid [--iterations 70000] [--seeds 0,1,2] [--jobs 2]
 """
 from __future__ import annotations
@@ -205,8 +205,16 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from . import runs
 
-    evaluation = runs.evaluate_run(args.run_dir, shots=args.shots, steps=args.steps, n_tasks=args.tasks)
-    _report(args.run_dir, evaluation, [] if args.no_plots else runs.plot_run(args.run_dir, evaluation))
+    if len(args.run_dirs) == 1:
+        run_dir = args.run_dirs[0]
+        evaluation = runs.evaluate_run(run_dir, shots=args.shots, steps=args.steps, n_tasks=args.tasks)
+        _report(run_dir, evaluation, [] if args.no_plots else runs.plot_run(run_dir, evaluation))
+        return 0
+    evaluations = [runs.evaluate_run(d, shots=args.shots, steps=args.steps, n_tasks=args.tasks) for d in args.run_dirs]
+    print(runs.format_table(evaluations))
+    if not args.no_plots:
+        path = args.compare or args.run_dirs[0].parent / f"comparison_{evaluations[0]['shots']}shot.png"
+        print(f"\nplot: {runs.plot_comparison(path, evaluations)}")
     return 0
 
 
@@ -271,8 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     p.set_defaults(run=_cmd_train)
 
-    p = sub.add_parser("eval", help="test a trained run on the fixed test tasks and plot it", formatter_class=formatter)
-    p.add_argument("run_dir", type=Path, help="run directory written by tinymeta train")
+    p = sub.add_parser("eval", help="test trained runs on the fixed test tasks and plot them",
+                       description="Test one run (table, eval_<k>shot.json and its plots), or several "
+                                   "(one table and one figure comparing them).", formatter_class=formatter)
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories written by tinymeta train")
+    p.add_argument("--compare", type=Path, help="with several runs: where to write the comparison figure "
+                                                "(default: comparison_<k>shot.png next to the first run)")
     p.add_argument("--shots", type=int, help="support points per test task (default: the run's eval_shots, "
                                              f"{TrainConfig.eval_shots})")
     p.add_argument("--steps", type=int, help=f"adaptation steps 0..N (default: the run's, {TrainConfig.eval_steps})")

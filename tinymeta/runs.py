@@ -112,6 +112,18 @@ def plot_run(run_dir, evaluation) -> list:
     return paths
 
 
+def plot_comparison(path, evaluations) -> Path:
+    """One error-against-steps figure with a line (and 95% band) per evaluation; returns ``path``."""
+    curves = [{"label": f"{Path(e['run_dir']).name}: {e['algo']}, seed {e['seed']}, K = {e['train_shots']}, "
+                        f"{e['iteration']} iterations",
+               "mean": Summary.from_json(e).mean, "ci95": Summary.from_json(e).ci95} for e in evaluations]
+    shots = sorted({e["shots"] for e in evaluations})
+    plots.error_vs_steps(path, curves, metric=evaluations[0]["metric"],
+                         title=f"{evaluations[0]['task']}: {'/'.join(map(str, shots))}-shot test error, "
+                               f"{evaluations[0]['n_tasks']} fixed tasks, 95% intervals")
+    return Path(path)
+
+
 def format_table(evaluations, steps=(0, 1, 5, 10)) -> str:
     """A plain-text table: one row per evaluation, ``mean ± ci95`` after each of ``steps``."""
     header = ["algo", "seed", "shots"] + [f"{s} step{'s' * (s != 1)}" for s in steps] + ["diverged", "train time"]

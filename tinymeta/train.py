@@ -35,7 +35,8 @@ from .config import TrainConfig
 from .evaluate import evaluate
 
 CHECKPOINT, LOG, CONFIG = "checkpoint.npz", "log.jsonl", "config.json"
-OUTPUTS = (CHECKPOINT, LOG, CONFIG)  # what a fresh run replaces (evaluations and plots too, by pattern)
+OUTPUTS = (CHECKPOINT, LOG, CONFIG)  # what a fresh run replaces, with the files DERIVED from them
+DERIVED = ("eval_*shot.json", "training_curve.png", "adaptation.png", "error_vs_steps_*shot.png")
 
 
 class TrainingStopped(RuntimeError):
@@ -149,7 +150,7 @@ def _prepare(run_dir: Path, config, resume: bool, overwrite: bool):
         raise FileExistsError(f"{run_dir} already holds a run; resume it (resume=True; tinymeta train --resume) "
                               f"or replace it (overwrite=True; --overwrite)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    for p in [*(run_dir / name for name in OUTPUTS), *run_dir.glob("eval_*shot.json"), *run_dir.glob("*.png")]:
+    for p in [*(run_dir / name for name in OUTPUTS), *(p for pattern in DERIVED for p in run_dir.glob(pattern))]:
         if p.exists():
             p.unlink()
     checkpoint.write_json(run_dir / CONFIG, config.to_dict())
