@@ -41,6 +41,7 @@ TINY_TRAIN = ["--iterations", "3", "--hidden", "8", "--meta-batch", "2", "--eval
               "--eval-steps", "3", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_train_then_eval_print_the_table_and_write_the_plots(tmp_path):
     run_dir = tmp_path / "run"
     done = _run("train", "--algo", "fomaml", "--out", str(run_dir), "--set", "inner_lr=0.02", *TINY_TRAIN)

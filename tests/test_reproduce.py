@@ -24,6 +24,7 @@ def test_plan_refuses_unknown_algorithms():
         sinusoid_plan(algorithms=("maml", "nope"))
 
 
+@pytest.mark.slow
 def test_smoke_reproduction_writes_the_report_and_reuses_finished_runs(tmp_path):
     out = tmp_path / "rep"
     path = reproduce_sinusoid(out, algorithms=("maml", "pretrained"), seeds=(0,), iterations=3, eval_tasks=20,
