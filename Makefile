@@ -12,8 +12,16 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-## demo: set up, then check every derivative of the engine against finite differences
+DEMO_ITERATIONS ?= 8000
+DEMO_DIR        ?= runs/demo
+
+## demo: set up, then meta-train MAML on sinusoids with the paper's settings (DEMO_ITERATIONS iterations,
+##       about a minute), print the 5-shot test table and the paths of the plots
 demo: $(STAMP)
+	$(BIN)/tinymeta train --algo maml --task sinusoid --iterations $(DEMO_ITERATIONS) --out $(DEMO_DIR) --overwrite
+
+## gradcheck: set up, then check every derivative of the engine against finite differences
+gradcheck: $(STAMP)
 	$(BIN)/tinymeta gradcheck
 
 ## test: set up, then run every test (notebooks included), then the kernel tests again as plain Python
