@@ -114,8 +114,10 @@ def _algorithms_epilog() -> str:
 
     lines = ["algorithms (--algo) and their options (--set NAME=VALUE):"]
     for name, a in registry.ALGORITHMS.items():
-        options = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(a.config()).items())
-        outer = f"; outer loop: {', '.join(f'{k}={v}' for k, v in a.outer.items())}" if a.outer else ""
+        config = a.config()
+        options = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items())
+        outer = a.outer_settings(config)
+        outer = f"; outer loop: {', '.join(f'{k}={v}' for k, v in outer.items())}" if outer else ""
         lines.append(f"  {name:11s} {a.doc}\n              {options}{outer}")
     lines.append("tasks (--task):")
     lines += [f"  {name:11s} {t.doc}" for name, t in registry.TASKS.items()]

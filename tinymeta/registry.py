@@ -4,16 +4,7 @@ Each algorithm entry is one line: the module that follows the training-loop
 protocol (``tinymeta/algorithms/__init__.py``), overrides of its ``Config``,
 the outer-loop settings it needs when they differ from the trainer's
 defaults (Adam, 1e-3, constant), and, if it needs one, a change of the
-task's network. Adding an algorithm is adding a line, e.g.::
-
-    "metasgd": Algorithm(metasgd, doc="Meta-SGD: learned per-parameter steps (Li et al. 2017)"),
-    "anil": Algorithm(anil, doc="ANIL: adapt the head only (Raghu et al. 2020)"),
-    "imaml": Algorithm(imaml, doc="iMAML: implicit gradients by conjugate gradient (Rajeswaran et al. 2019)"),
-    "reptile": Algorithm(reptile, outer=lambda c: {"optimizer": c.outer_optimizer, "outer_lr": c.outer_lr,
-                                                   "schedule": "linear" if c.anneal else "constant"},
-                         doc="Reptile (Nichol et al. 2018)"),
-    "cavia": Algorithm(cavia, network=lambda net, c: cavia.widen_input(net, c.n_context),
-                       doc="CAVIA: adapt context inputs only (Zintgraf et al. 2019)"),
+task's network. Adding an algorithm is adding a line.
 """
 from __future__ import annotations
 
@@ -21,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from types import ModuleType
 
-from .algorithms import maml
+from .algorithms import anil, cavia, imaml, maml, metasgd, reptile
 from .tasks import sinusoid
 
 # Step sizes tried for the pretrained baseline's fine-tuning, chosen on the validation tasks
@@ -67,6 +58,18 @@ class Algorithm:
 ALGORITHMS = {
     "maml": Algorithm(maml, doc="MAML, exact second-order meta-gradient (Finn et al. 2017)"),
     "fomaml": Algorithm(maml, {"first_order": True}, doc="first-order MAML (Finn et al. 2017, section 5.2)"),
+    "metasgd": Algorithm(metasgd, doc="Meta-SGD: learned per-parameter steps (Li et al. 2017)"),
+    "anil": Algorithm(anil, doc="ANIL: adapt the head only (Raghu et al. 2020)"),
+    "cavia": Algorithm(cavia, network=lambda net, c: cavia.widen_input(net, c.n_context),
+                       doc="CAVIA: adapt context inputs only (Zintgraf et al. 2019)"),
+    # iMAML's inner problem must be smooth for its Newton-CG solve and for the implicit gradient
+    # (I + H/lambda)^-1 to exist; on ReLU the solve stalls at a kink. Softplus is the smooth ReLU.
+    "imaml": Algorithm(imaml, network=lambda net, c: net.replace(activation="softplus"),
+                       doc="iMAML: implicit gradients by conjugate gradient (Rajeswaran et al. 2019); "
+                           "softplus hidden units"),
+    "reptile": Algorithm(reptile, outer=lambda c: {"optimizer": c.outer_optimizer, "outer_lr": c.outer_lr,
+                                                   "schedule": "linear" if c.anneal else "constant"},
+                         doc="Reptile (Nichol et al. 2018)"),
     "pretrained": Algorithm(maml, {"inner_steps": 0}, tune=("inner_lr", BASELINE_STEP_GRID),
                             doc="baseline: one network regressed on all tasks, fine-tuned at test "
                                 "time with a step size tuned on validation tasks (Finn et al. 2017, 5.1)"),
