@@ -28,6 +28,24 @@ def cpuinfo(text=None) -> dict:
             "flags": fields.get("flags", "").split()}
 
 
+def amd_core_family(vendor, family, flags) -> str:
+    """A hypervisor often hides the model name ("AMD EPYC"); AMD's CPU family still tells the core.
+
+    Family 17h is Zen 1/Zen 2, 19h Zen 3 or Zen 4 (only Zen 4 has AVX-512), 1Ah Zen 5.
+    Empty for other vendors and families.
+    """
+    if vendor != "AuthenticAMD" or family is None:
+        return ""
+    family = int(family)
+    if family == 0x17:
+        return "Zen 1/Zen 2 (family 17h)"
+    if family == 0x19:
+        return ("Zen 4" if "avx512f" in flags else "Zen 3") + " (family 19h)"
+    if family == 0x1A:
+        return "Zen 5 (family 1Ah)"
+    return ""
+
+
 def _meminfo_gib():
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -52,6 +70,7 @@ def describe() -> dict:
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     return {"cpu_model": cpu["model"], "cpu_vendor": cpu.get("vendor"),
             "cpu_family_model": f"{cpu.get('family')}/{cpu.get('model_number')}",
+            "cpu_core": amd_core_family(cpu.get("vendor"), cpu.get("family"), cpu["flags"]),
             "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
             "flags": [f for f in INTERESTING_FLAGS if f in cpu["flags"]], "all_flags": cpu["flags"],
             "memory_gib": _meminfo_gib(), "os": f"{platform.system()} {platform.release()}",

@@ -53,7 +53,7 @@ def _mlp(params, X):
     """``h_l = relu(h_{l-1} W_l + b_l)``, last layer linear; ``params = [W_0, b_0, ...]``."""
     h, L = X, len(params) // 2
     for l in range(L):
-        h = h @ params[2 * l] + params[2 * l + 1]
+        h = torch.addmm(params[2 * l + 1], h, params[2 * l])  # fused h @ W + b, as nn.Linear does
         if l < L - 1:
             h = torch.relu(h)
     return h

@@ -50,7 +50,8 @@ def _cells(results):
 
 
 def _peak(results, dtype, threads):
-    values = [p["gflops"][dtype] for p in results["peaks"] if p.get("threads") == threads and "gflops" in p]
+    """The best matmul GFLOP/s measured with at most ``threads`` threads (more threads cannot be slower)."""
+    values = [p["gflops"][dtype] for p in results["peaks"] if p.get("threads", 0) <= threads and "gflops" in p]
     return max(values) if values else None
 
 
@@ -84,7 +85,8 @@ def _machine(results) -> list:
     m = results["machine"]
     load = m.get("load_average")
     lines = ["## Machine", "",
-             f"- CPU: {m['cpu_model']} ({m['cpu_vendor']}, family/model {m['cpu_family_model']}), "
+             f"- CPU: {m['cpu_model']} ({m['cpu_vendor']}, family/model {m['cpu_family_model']}"
+             + (f": {m['cpu_core']}" if m.get("cpu_core") else "") + "), "
              f"{m['logical_cpus']} logical CPUs, {m['usable_cpus']} usable by this run"
              + (", under a hypervisor" if m.get("hypervisor") else ""),
              f"- Vector flags: {', '.join(m['flags']) or 'none of interest'}"
@@ -122,8 +124,8 @@ def _peaks(results) -> list:
     lines = ["## Matmul peak (NumPy `A @ B`, square, best of repeats)", "",
              "OpenBLAS chooses its kernel family (`OPENBLAS_CORETYPE`) when it starts; each row is a fresh "
              "process with that family left to OpenBLAS or forced. Forcing it is done only here, never in the "
-             "benchmark workers, so no result depends on it. The best row per thread count is the peak that "
-             "`% peak` refers to.", "",
+             "benchmark workers, so no result depends on it. `% peak` at t threads refers to the best row with at "
+             "most t threads.", "",
              "| threads | OPENBLAS_CORETYPE | family in use | n | float32 GFLOP/s | float64 GFLOP/s |", "|---|---|---|---|---|---|"]
     for p in results["peaks"]:
         forced = p.get("coretype_forced") or "(not set)"
@@ -244,6 +246,12 @@ METHOD = """## Method
 - **Losses.** MSE = mean over samples of the squared error summed over outputs; cross-entropy = mean softmax
   cross-entropy; ProtoNet = mean query cross-entropy of softmax(-squared Euclidean distance to the class means
   of the support embeddings), averaged over episodes.
+- **Threads.** Each worker process is pinned to the first t CPUs (`os.sched_setaffinity`, before any import) and
+  gets `OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS`, `NUMBA_NUM_THREADS` = t. On top of that:
+  tinymeta `numba.set_num_threads(t)`; PyTorch `torch.set_num_threads(t)` and `torch.set_num_interop_threads(t)`;
+  JAX has no run-time switch: XLA sizes its CPU pool from the affinity mask, and with t = 1 the worker also sets
+  `XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`. The `cpu/wall` column shows
+  how many cores each library actually kept busy.
 - **Timing** (`benchmarks/timing.py`): warm-up calls (compilation) untimed; then repeats of blocks of back-to-back
   calls, each block long enough to time reliably, garbage collector off inside a block (as `timeit`).
 - **FLOPs** (`benchmarks/flops.py`): matrix products only, 2mkn each, of the textbook algorithm, the same for

@@ -225,6 +225,18 @@ def test_worker_environment_sets_every_thread_variable_and_keeps_the_coretype():
     assert "JAX_PLATFORMS" not in run.worker_environment("torch", 2, base={})
 
 
+def test_machine_description_reads_cpuinfo_and_names_the_amd_core():
+    from benchmarks import machine
+
+    text = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n" \
+           "model name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma\n\nprocessor\t: 1\n"
+    cpu = machine.cpuinfo(text)
+    assert cpu["model"] == "AMD EPYC" and cpu["family"] == "25" and "avx2" in cpu["flags"]
+    assert machine.amd_core_family(cpu["vendor"], cpu["family"], cpu["flags"]) == "Zen 3 (family 19h)"
+    assert machine.amd_core_family("AuthenticAMD", "25", ["avx512f"]).startswith("Zen 4")
+    assert machine.amd_core_family("GenuineIntel", "6", []) == ""
+
+
 # ------------------------------------------------------------ report
 def test_report_marks_missing_peers_unavailable_modules_and_failures():
     w = select(["sinusoid-maml1"])[0]
