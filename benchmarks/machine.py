@@ -76,4 +76,5 @@ def describe() -> dict:
             "memory_gib": _meminfo_gib(), "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "hypervisor": "hypervisor" in cpu["flags"],
             "git_commit": (commit + ("+uncommitted changes" if dirty else "")) or "unknown",
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "niceness": os.nice(0)}

@@ -75,6 +75,11 @@ def _header(results) -> list:
     if results["quick"]:
         lines += ["> **QUICK RUN** (`--quick`): short timings that check the harness end to end. "
                   "Do not quote these numbers; run `make bench` on a quiet machine.", ""]
+    load = results["machine"].get("load_average")
+    if load and load[0] > 0.5:
+        lines += [f"> **Busy machine**: the 1-minute load average was {load[0]:.2f} on {results['machine']['usable_cpus']} "
+                  "CPUs when the run started; other processes competed for the cores, so timings (above all the "
+                  "2-thread ones) are unreliable.", ""]
     if results["failures"]:
         lines += ["> **FAILED**: the run found errors or disagreeing meta-gradients; timings below are not "
                   "comparable until these are fixed:", ">"] + [f"> - {f}" for f in results["failures"]] + [""]
@@ -92,7 +97,8 @@ def _machine(results) -> list:
              f"- Vector flags: {', '.join(m['flags']) or 'none of interest'}"
              + ("" if "avx512f" in m["flags"] else " (no AVX-512)"),
              f"- Memory: {m['memory_gib']} GiB; OS: {m['os']}; Python {m['python']}",
-             f"- Load average when the run started: {', '.join(f'{x:.2f}' for x in load) if load else 'unknown'}",
+             f"- Load average when the run started: {', '.join(f'{x:.2f}' for x in load) if load else 'unknown'}"
+             + (f"; the run was niced to {m['niceness']}" if m.get("niceness") else ""),
              f"- tinymeta checkout: {m['git_commit']}", "", "### Versions and thread control", "",
              "| library | versions | how threads are set (shown for the last thread count run) | threads seen |",
              "|---|---|---|---|"]
@@ -269,3 +275,23 @@ def render(results) -> str:
     parts = (_header(results) + _summary(results, cells) + _machine(results) + _peaks(results)
              + _agreement(results) + _details(results, cells) + [METHOD])
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _main(argv=None) -> int:
+    """``python -m benchmarks.report RESULTS.json OUTPUT.md``: re-render a run's raw results (no timing)."""
+    import argparse
+    import json
+
+    from . import files
+
+    parser = argparse.ArgumentParser(description=_main.__doc__)
+    parser.add_argument("results", help="the --json file of a run (default benchmarks/last_run.json)")
+    parser.add_argument("output", help="markdown file to write, e.g. BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    with open(args.results, encoding="utf-8") as f:
+        files.write_text(args.output, render(json.load(f)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
