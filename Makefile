@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test gradcheck clean
+.PHONY: demo test gradcheck bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tinymeta needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -28,6 +28,16 @@ gradcheck: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -m "kernels and not slow" -p no:cacheprovider -q
+
+## bench: install the optional peers (extra `bench`: PyTorch 2.13.0 CPU, JAX), time tinymeta against them, write BENCHMARKS.md
+##        options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick --workloads 'sinusoid-*'"
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

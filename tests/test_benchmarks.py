@@ -1,0 +1,265 @@
+"""The benchmark harness's non-timing logic: FLOP counts, theta layout round trips, the
+agreement check (on a tiny net), input generation and the report. Nothing here is timed;
+PyTorch and JAX are optional (their tests skip when absent)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
+
+from benchmarks import agreement, flops, report, tinymeta_side  # noqa: E402
+from benchmarks.workloads import WORKLOADS, Workload, inputs_for, join_theta, make_inputs, select, split_theta  # noqa: E402
+
+TINY = {  # tiny versions of each workload family, for the agreement check
+    "maml": Workload("tiny-maml", "maml", (1, 6, 5, 1), 3, 4, 5, inner_lr=0.05, inner_steps=2),
+    "fomaml": Workload("tiny-fomaml", "fomaml", (1, 6, 5, 1), 3, 4, 5, inner_lr=0.05, inner_steps=2),
+    "reptile": Workload("tiny-reptile", "reptile", (1, 6, 5, 1), 3, 4, 5, inner_lr=0.05, inner_steps=3),
+    "metasgd": Workload("tiny-metasgd", "metasgd", (1, 6, 5, 1), 3, 4, 5, inner_steps=1),
+    "xent": Workload("tiny-xent", "maml", (7, 6, 5, 3), 2, 3, 6, n_way=3, inner_lr=0.4, inner_steps=1),
+    "protonet": Workload("tiny-protonet", "protonet", (7, 6, 5, 4), 2, 6, 9, n_way=3),
+}
+
+
+# ------------------------------------------------------------ FLOP counts
+def test_grad_count_of_a_single_layer_is_forward_plus_weight_gradient():
+    # one layer: forward 2nab, dW = X^T delta 2nab, no input cotangent
+    assert flops.grad((3, 4), 10) == 2 * 10 * 12 + 2 * 10 * 12
+
+
+def test_grad_and_hvp_counts_of_a_two_layer_net_by_hand():
+    sizes, n = (2, 3, 4), 5
+    # forward 2n(6+12); backward dW 2n(6+12) and delta through layer 2 only 2n*12
+    assert flops.grad(sizes, n) == 2 * n * 18 + 2 * n * 18 + 2 * n * 12
+    # R-forward: hV in layer 1 (2n*6), R{h}W + hV in layer 2 (4n*12);
+    # R-backward: R{dW}: 2n*6 + 4n*12; R{delta} through layer 2: 4n*12
+    assert flops.hvp(sizes, n) == 2 * n * 6 + 4 * n * 12 + 2 * n * 6 + 4 * n * 12 + 4 * n * 12
+
+
+def test_sinusoid_maml_step_is_about_ten_megaflops():
+    # DESIGN.md section 7: "a MAML step is ~10 MFLOP" (1-40-40-1, 25 tasks, 10 + 10 points)
+    w = select(["sinusoid-maml1"])[0]
+    assert flops.meta_iteration(w) == 25 * (2 * flops.grad(w.sizes, 10) + flops.hvp(w.sizes, 10)) == 9_960_000
+
+
+def test_meta_iteration_counts_are_consistent_across_algorithms():
+    maml, fomaml, metasgd = (select([n])[0] for n in ("sinusoid-maml1", "sinusoid-fomaml1", "sinusoid-metasgd1"))
+    hvps = maml.n_tasks * flops.hvp(maml.sizes, maml.n_support)
+    assert flops.meta_iteration(maml) - flops.meta_iteration(fomaml) == hvps
+    assert flops.meta_iteration(metasgd) == flops.meta_iteration(maml)
+    reptile = select(["sinusoid-reptile5"])[0]
+    assert flops.meta_iteration(reptile) == 25 * 5 * flops.grad(reptile.sizes, 10)
+    w = select(["protonet-5shot-e32"])[0]
+    assert flops.meta_iteration(w) == 32 * (flops.grad(w.sizes, 25 + 75) + 6 * 75 * 5 * 64)
+
+
+def test_every_workload_has_a_positive_flop_count():
+    assert all(flops.meta_iteration(w) > 0 for w in WORKLOADS)
+
+
+# ------------------------------------------------------------ inputs and layout
+def test_inputs_are_the_same_for_the_same_seed_and_differ_across_seeds():
+    w = select(["omniglot-maml1-q5"])[0]
+    a, b, c = inputs_for(w, 0), inputs_for(w, 0), inputs_for(w, 1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a.X_support, c.X_support)
+
+
+@pytest.mark.parametrize("w", WORKLOADS, ids=lambda w: w.name)
+def test_inputs_have_the_workload_shapes(w):
+    x = make_inputs(w, np.random.default_rng(0))
+    T, S, Q = w.n_tasks, w.n_support, w.n_query
+    assert x.theta.shape == x.alpha.shape == (w.n_params,)
+    assert x.X_support.shape == (T, S, w.sizes[0]) and x.X_query.shape == (T, Q, w.sizes[0])
+    if w.n_way:
+        assert x.y_support.shape == (T, S) and x.y_query.shape == (T, Q)
+        assert all(np.array_equal(np.bincount(y, minlength=w.n_way), np.full(w.n_way, S // w.n_way))
+                   for y in x.y_support)
+    else:
+        assert x.y_support.shape == (T, S, 1)
+
+
+def test_split_and_join_theta_round_trip_in_tinymeta_layout():
+    import tinymeta as tm
+
+    net = tm.MLP([3, 5, 2])
+    theta = net.init(np.random.default_rng(0))
+    layers = split_theta(theta, net.sizes)
+    for (W, b), (W2, b2) in zip(net.unflatten(theta), zip(layers[::2], layers[1::2])):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
+    assert np.array_equal(join_theta(layers), theta)
+    with pytest.raises(ValueError, match="theta must have shape"):
+        split_theta(theta[:-1], net.sizes)
+
+
+@pytest.mark.parametrize("peer", ["peer_torch", "peer_jax"])
+def test_peer_parameter_conversion_round_trips(peer, monkeypatch):
+    pytest.importorskip("torch" if peer == "peer_torch" else "jax")
+    module = _load_peer(peer, monkeypatch)
+    w = select(["omniglot-maml1-q5"])[0]
+    theta = inputs_for(w, 3).theta
+    params = module.to_params(theta, w.sizes)
+    assert [tuple(p.shape) for p in params] == [p.shape for p in split_theta(theta, w.sizes)]
+    assert np.array_equal(module.from_params(params), theta)
+
+
+# ------------------------------------------------------------ agreement
+def test_agreement_passes_equal_gradients_and_flags_a_wrong_one():
+    g = np.random.default_rng(0).standard_normal(50)
+    rows = agreement.compare({"tinymeta": (1.0, g), "jax": (1.0, g * (1 + 1e-12)), "torch-eager": (1.0, g + 1e-3)})
+    by_impl = {r["impl"]: r for r in rows}
+    assert {r["reference"] for r in rows} == {"tinymeta"}
+    assert by_impl["jax"]["passed"] and not by_impl["torch-eager"]["passed"]
+    assert not agreement.compare({"tinymeta": (1.0, g), "jax": (2.0, g)})[0]["passed"]  # the loss counts too
+    assert not agreement.compare({"tinymeta": (None, g), "jax": (None, g[:-1])})[0]["passed"]
+    assert agreement.compare({"jax": (None, g)}) == []
+
+
+def test_agreement_falls_back_to_torch_eager_as_reference():
+    g = np.ones(4)
+    rows = agreement.compare({"jax": (None, g), "torch-eager": (None, g)})
+    assert rows == [{"impl": "jax", "reference": "torch-eager", "grad_rel_error": 0.0, "loss_rel_error": None,
+                     "passed": True}]
+
+
+def _load_peer(name, monkeypatch):
+    """The peer module, its library imported (JAX with x64 on; PyTorch's thread settings left alone)."""
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{name}")
+    if name == "peer_jax":
+        for key, value in module.environment(2).items():
+            monkeypatch.setenv(key, value)
+        module.load(1)
+    else:
+        import torch
+
+        module.torch = torch  # not load(): it would change this test process's thread settings
+    return module
+
+
+def _results(side, impls, workload, inputs):
+    out = {}
+    for impl in impls:
+        prepared = side.prepare(impl, workload, inputs)
+        out[impl] = prepared.result(prepared.step())
+    return out
+
+
+def _installed_peers(monkeypatch):
+    peers = []
+    for name, library in (("peer_torch", "torch"), ("peer_jax", "jax")):
+        try:
+            __import__(library)
+        except ImportError:
+            continue
+        peers.append(_load_peer(name, monkeypatch))
+    return peers
+
+
+@pytest.mark.parametrize("kind", sorted(TINY))
+def test_peers_and_tinymeta_agree_on_a_tiny_net(kind, monkeypatch):
+    import tinymeta
+
+    w = TINY[kind]
+    inputs = inputs_for(w, 7)
+    results = {}
+    for peer in _installed_peers(monkeypatch):
+        results.update(_results(peer, peer.IMPLS, w, inputs))
+    tinymeta_side.tm = tinymeta  # not load(): it would change this test process's Numba thread count
+    try:
+        results.update(_results(tinymeta_side, tinymeta_side.IMPLS, w, inputs))
+    except tinymeta_side.Unavailable:
+        pass  # tinymeta's module for this algorithm is not there yet: the peers are checked among themselves
+    if len(results) < 2:
+        pytest.skip("fewer than two implementations installed (PyTorch and JAX are optional)")
+    rows = agreement.compare(results)
+    assert len(rows) == len(results) - 1
+    assert all(r["grad_rel_error"] < 1e-12 for r in rows), rows
+
+
+@pytest.mark.parametrize("peer", ["peer_torch", "peer_jax"])
+def test_peer_implementations_agree_with_each_other_and_see_second_order_terms(peer, monkeypatch):
+    pytest.importorskip("torch" if peer == "peer_torch" else "jax")
+    module = _load_peer(peer, monkeypatch)
+    inputs = inputs_for(TINY["maml"], 7)
+    second = _results(module, module.IMPLS, TINY["maml"], inputs)
+    first = _results(module, module.IMPLS, TINY["fomaml"], inputs)
+    assert all(r["passed"] for r in agreement.compare(second) + agreement.compare(first))
+    # MAML and FOMAML differ by the Hessian terms: the check must see that difference
+    for impl in module.IMPLS:
+        assert not agreement.compare({"tinymeta": second[impl], "jax": (second[impl][0], first[impl][1])})[0]["passed"]
+
+
+def test_unavailable_tinymeta_module_is_reported_not_faked(monkeypatch):
+    monkeypatch.setitem(tinymeta_side.MODULES, "missing", "no_such_algorithm_module")
+    with pytest.raises(tinymeta_side.Unavailable, match="not available yet"):
+        tinymeta_side.algorithm_module("missing")
+
+
+def test_run_collects_gradients_per_thread_count_and_fails_on_disagreement():
+    from benchmarks import run
+
+    cell = lambda impl, loss: {"impl": impl, "workload": "w", "dtype": "float64", "status": "ok", "loss": loss}
+    g = np.arange(5.0)
+    workers = [{"library": "tinymeta", "threads": 1, "status": "ok", "cells": [cell("tinymeta", 1.0)]},
+               {"library": "jax", "threads": 1, "status": "ok", "cells": [cell("jax", 1.0)]},
+               {"library": "torch", "threads": 1, "status": "not installed"},
+               {"library": "jax", "threads": 2, "status": "ok", "cells": [cell("jax", 1.0)]}]
+    grads = [{"tinymeta__w": g}, {"jax__w": g + 1.0}, {}, {"jax__w": g}]
+    rows = run.check_agreement(workers, grads, ["w"])
+    assert [(r["threads"], r["impl"], r["passed"]) for r in rows] == [(1, "jax", False)]  # 2 threads: jax alone
+    failures = run.failures_of(workers + [{"library": "torch", "threads": 2, "status": "error", "note": "boom"}], rows)
+    assert len(failures) == 2 and any("disagreement" in f for f in failures) and any("boom" in f for f in failures)
+    assert run.failures_of(workers, [{**rows[0], "passed": True}]) == []
+
+
+def test_worker_environment_sets_every_thread_variable_and_keeps_the_coretype():
+    from benchmarks import run
+
+    env = run.worker_environment("jax", 1, base={"OPENBLAS_CORETYPE": "Haswell", "OMP_NUM_THREADS": "8"})
+    assert all(env[name] == "1" for name in run.THREAD_VARIABLES)
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and "intra_op_parallelism_threads=1" in env["XLA_FLAGS"]
+    assert "XLA_FLAGS" not in run.worker_environment("jax", 2, base={})
+    assert "JAX_PLATFORMS" not in run.worker_environment("torch", 2, base={})
+
+
+def test_machine_description_reads_cpuinfo_and_names_the_amd_core():
+    from benchmarks import machine
+
+    text = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n" \
+           "model name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma\n\nprocessor\t: 1\n"
+    cpu = machine.cpuinfo(text)
+    assert cpu["model"] == "AMD EPYC" and cpu["family"] == "25" and "avx2" in cpu["flags"]
+    assert machine.amd_core_family(cpu["vendor"], cpu["family"], cpu["flags"]) == "Zen 3 (family 19h)"
+    assert machine.amd_core_family("AuthenticAMD", "25", ["avx512f"]).startswith("Zen 4")
+    assert machine.amd_core_family("GenuineIntel", "6", []) == ""
+
+
+# ------------------------------------------------------------ report
+def test_report_marks_missing_peers_unavailable_modules_and_failures():
+    w = select(["sinusoid-maml1"])[0]
+    timing = {"median": 1e-3, "q1": 0.9e-3, "q3": 1.1e-3, "min": 0.8e-3, "max": 1.2e-3, "cpu_per_wall": 1.0}
+    ok = {"impl": "tinymeta", "workload": w.name, "dtype": "float64", "status": "ok", "timing": timing, "loss": 1.0}
+    results = {
+        "date": "2026-01-01T00:00:00+00:00", "command": "python -m benchmarks.run", "quick": True, "elapsed_s": 1.0,
+        "dtypes": ["float64"], "threads": [1], "workloads": [w.name],
+        "machine": {"cpu_model": "CPU", "cpu_vendor": "V", "cpu_family_model": "1/2", "logical_cpus": 2,
+                    "usable_cpus": 2, "flags": ["avx2"], "memory_gib": 1.0, "os": "Linux", "python": "3.11",
+                    "git_commit": "abc", "load_average": (0.0, 0.0, 0.0)},
+        "peaks": [{"threads": 1, "coretype_forced": None, "n": 64, "gflops": {"float32": 10.0, "float64": 5.0},
+                   "openblas_coretype": "Haswell"}],
+        "workers": [{"library": "tinymeta", "threads": 1, "status": "ok", "versions": {"tinymeta": "0"},
+                     "thread_control": "numba", "cells": [ok]},
+                    {"library": "torch", "threads": 1, "status": "not installed", "note": "torch not installed"},
+                    {"library": "jax", "threads": 1, "status": "ok", "versions": {"jax": "0"}, "thread_control": "x",
+                     "cells": [{**ok, "impl": "jax", "timing": {**timing, "median": 2e-3}}]}],
+        "agreement": [{"workload": w.name, "threads": 1, "impl": "jax", "reference": "tinymeta",
+                       "grad_rel_error": 1e-3, "loss_rel_error": 0.0, "passed": False}],
+        "failures": ["meta-gradient disagreement: jax"], "thread_environment": {"OPENBLAS_CORETYPE": "(not set)"},
+    }
+    text = report.render(results)
+    assert "not installed" in text and "QUICK RUN" in text and "**FAILED**" in text and "**FAIL**" in text
+    assert "2,000.0 (2.00x)" in text  # jax's median beside tinymeta's speed-up over it
+    assert f"{flops.meta_iteration(w) / 1e6:,.2f} M" in text
