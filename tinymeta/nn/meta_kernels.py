@@ -44,8 +44,10 @@ def _mm(A, B, C, accumulate):
     """``C = A @ B`` (``+=`` if accumulate); A (m, k), B (k, p), C (m, p).
 
     One output column (``p == 1``, the sinusoid net's last layer) is a dot
-    product per row; otherwise rows of ``B`` are streamed into rows of ``C``
-    (a contiguous inner loop, one input column included).
+    product per row. Otherwise rows of ``B`` are streamed into four rows of
+    ``C`` at once (one load of ``B[r]`` serves four rows; a contiguous inner
+    loop, one input column included). Every ``C[i, j]`` sums over ``r`` in
+    order, as kernels.matmul does.
     """
     m, k = A.shape
     p = B.shape[1]
@@ -58,7 +60,18 @@ def _mm(A, B, C, accumulate):
         return
     if not accumulate:
         C[:, :] = 0.0
-    for i in range(m):
+    i = 0
+    while i + 3 < m:
+        for r in range(k):
+            a0, a1, a2, a3 = A[i, r], A[i + 1, r], A[i + 2, r], A[i + 3, r]
+            for j in range(p):
+                b = B[r, j]
+                C[i, j] += a0 * b
+                C[i + 1, j] += a1 * b
+                C[i + 2, j] += a2 * b
+                C[i + 3, j] += a3 * b
+        i += 4
+    for i in range(i, m):
         for r in range(k):
             a = A[i, r]
             for j in range(p):
@@ -67,7 +80,7 @@ def _mm(A, B, C, accumulate):
 
 @njit(cache=True)
 def _mm_tn(A, B, C, accumulate):
-    """``C = A.T @ B`` (or ``+=``); A (k, m), B (k, p), C (m, p)."""
+    """``C = A.T @ B`` (or ``+=``); A (k, m), B (k, p), C (m, p); four rows of ``C`` at once."""
     k, m = A.shape
     p = B.shape[1]
     if not accumulate:
@@ -79,7 +92,17 @@ def _mm_tn(A, B, C, accumulate):
                 C[i, 0] += A[r, i] * b
         return
     for r in range(k):
-        for i in range(m):
+        i = 0
+        while i + 3 < m:
+            a0, a1, a2, a3 = A[r, i], A[r, i + 1], A[r, i + 2], A[r, i + 3]
+            for j in range(p):
+                b = B[r, j]
+                C[i, j] += a0 * b
+                C[i + 1, j] += a1 * b
+                C[i + 2, j] += a2 * b
+                C[i + 3, j] += a3 * b
+            i += 4
+        for i in range(i, m):
             a = A[r, i]
             for j in range(p):
                 C[i, j] += a * B[r, j]
