@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import tinymeta as tm
-from tinymeta.algorithms import anil, inner_loop, maml, meta_batch, metasgd
+from tinymeta import evaluate
+from tinymeta.algorithms import anil, inner_loop, maml, meta_batch, metasgd, reptile
 from tinymeta.gradcheck import FLOAT32_TOL, rel_error
 
 TOL64 = 1e-12
@@ -177,3 +178,67 @@ def test_small_case_matches_reference(activation, loss, rng):
     got = inner_loop.predictions(net, theta, batch.X_support, batch.y_support, batch.X_query, precond, 2)
     want = _reference_predictions(net, theta, batch.X_support, batch.y_support, batch.X_query, precond, 2)
     assert rel_error(got, want) <= TOL64
+    config = reptile.Config(inner_lr=0.1, inner_steps=3, inner_batch_size=2)
+    adapted = meta_batch.batched_adapt(net, theta, batch.X_support, batch.y_support, np.full_like(theta, 0.1), 3, 2)[0]
+    for i in range(batch.n_tasks):
+        assert rel_error(adapted[i], reptile.adapt(net, theta, batch.X_support[i], batch.y_support[i], config)) <= TOL64
+
+
+# ------------------------------------------------------ Reptile, evaluation
+@pytest.mark.parametrize("sizes, activation, loss", SHAPES[:3] + SHAPES[4:5])
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_batched_adapt_matches_reptile_iterates(sizes, activation, loss, batch_size, rng):
+    net, theta, batch = _problem(sizes, activation, loss, rng)
+    config = reptile.Config(inner_lr=0.05, inner_steps=4, inner_batch_size=batch_size)
+    adapted, diverged_at, losses = meta_batch.batched_adapt(
+        net, theta, batch.X_support, batch.y_support, np.full_like(theta, 0.05), 4, batch_size,
+        batch.X_query, batch.y_query)
+    assert (diverged_at == -1).all()
+    for i in range(batch.n_tasks):
+        X_support, y_support, X_query, y_query = batch.task(i)
+        want = reptile.adapt(net, theta, X_support, y_support, config)
+        assert rel_error(adapted[i], want) <= TOL64
+        assert losses[i] == pytest.approx(net.loss(want, X_query, y_query), rel=TOL64)
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_reptile_meta_step_compiled_equals_reference(batch_size, rng, monkeypatch):
+    net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng)
+    config = reptile.Config(inner_lr=0.02, inner_steps=5, inner_batch_size=batch_size)
+    got = reptile.meta_step(net, {"theta": theta}, batch, config)
+    monkeypatch.setattr(reptile, "_compiled", lambda net, config: False)
+    want = reptile.meta_step(net, {"theta": theta}, batch, config)
+    assert got[0] == pytest.approx(want[0], rel=TOL64)
+    assert rel_error(got[1]["theta"], want[1]["theta"]) <= TOL64
+
+
+def test_reptile_divergence_raises_the_same_error(rng, monkeypatch):
+    net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng, T=5)
+    batch.X_support[3] *= 1e60
+    config = reptile.Config(inner_lr=0.02, inner_steps=6)
+    errors = []
+    for compiled in (True, False):
+        monkeypatch.setattr(reptile, "_compiled", lambda net, config, c=compiled: c)
+        with pytest.raises(FloatingPointError) as info, np.errstate(over="ignore", invalid="ignore"):
+            reptile.meta_step(net, {"theta": theta}, batch, config)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] and "diverged at step" in errors[0]
+
+
+@pytest.mark.parametrize("algo", ["maml", "metasgd", "anil", "reptile"])
+@pytest.mark.parametrize("loss", ["mse", "xent"])
+def test_batched_evaluation_scores_equal_task_by_task(algo, loss, rng, monkeypatch):
+    sizes = (1, 40, 40, 1) if loss == "mse" else (3, 8, 6, 4)
+    net, theta, batch = _problem(sizes, "relu", loss, rng, T=13)
+    module = {"maml": maml, "metasgd": metasgd, "anil": anil, "reptile": reptile}[algo]
+    config = module.Config()
+    params = module.init_params(net, np.random.default_rng(1), config)
+    params["theta"] = theta
+    diverges = algo == "reptile" and loss == "mse"
+    if diverges:  # one task diverges: NaN from that step on, counted by summarize
+        batch.X_support[5] *= 1e40
+    got = evaluate.task_scores(net, module, params, config, batch, 6)
+    monkeypatch.setattr(evaluate, "BATCHED_PREDICT", frozenset())
+    want = evaluate.task_scores(net, module, params, config, batch, 6)
+    np.testing.assert_allclose(got, want, rtol=TOL64, atol=0, equal_nan=True)
+    assert np.isnan(want[5]).any() == diverges

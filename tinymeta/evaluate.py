@@ -23,25 +23,40 @@ DIVERGED_MSE = 1e4  # far above any sinusoid's error (|y| <= 5): a task beyond i
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 
+BATCHED_PREDICT = frozenset({"maml", "metasgd", "anil", "reptile"})  # predict takes stacked tasks
+
+
 def task_scores(net, module, params, config, batch, steps):
     """Score of every task after ``0..steps`` steps, shape ``(T, steps + 1)``.
 
     ``"mse"`` nets: the mean over query points of the squared error summed
     over outputs (the engine's loss); ``"xent"`` nets: query accuracy.
-    NaN where the prediction is not finite.
+    NaN where the prediction is not finite. Algorithms in ``BATCHED_PREDICT``
+    predict every task in one call (compiled, ``inner_loop.predictions``);
+    the others task by task.
     """
+    if getattr(module, "NAME", None) in BATCHED_PREDICT:
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is expected, then counted
+            out = module.predict(net, params, batch.X_support, batch.y_support, batch.X_query, steps, config)
+        return _scores(net, out, batch.y_query)
     scores = np.empty((batch.n_tasks, steps + 1))
     for i in range(batch.n_tasks):
         X_support, y_support, X_query, y_query = batch.task(i)
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is expected, then counted
+        with np.errstate(over="ignore", invalid="ignore"):
             out = module.predict(net, params, X_support, y_support, X_query, steps, config)
-            finite = np.isfinite(out).all(axis=(1, 2))
-            if net.loss_name == "xent":
-                score = (np.argmax(out, axis=2) == y_query[None, :]).mean(axis=1)
-            else:
-                score = ((out - y_query[None]) ** 2).sum(axis=2).mean(axis=1)
-        scores[i] = np.where(finite, score, np.nan)
+        scores[i] = _scores(net, out[None], y_query[None])[0]
     return scores
+
+
+def _scores(net, out, y_query):
+    """Scores ``(T, S + 1)`` of predictions ``out`` (T, S + 1, Q, d_out) against ``y_query``."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(out).all(axis=(2, 3))
+        if net.loss_name == "xent":
+            score = (np.argmax(out, axis=3) == y_query[:, None, :]).mean(axis=2)
+        else:
+            score = ((out - y_query[:, None]) ** 2).sum(axis=3).mean(axis=2)
+    return np.where(finite, score, np.nan)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..nn.activations import get_activation
 from ..nn.losses import MSE, get_loss
-from ..nn.meta_kernels import meta_batch_kernel, predictions_kernel
+from ..nn.meta_kernels import adapt_kernel, meta_batch_kernel, predictions_kernel
 from ..nn.mlp import MLP
 
 TASK_SLOTS = 8  # parallel task slots; fixed so that sums do not depend on the number of threads
@@ -125,3 +125,55 @@ def predictions(net, theta, X_support, y_support, X_query, precond, steps):
                        empty(n * zsum), empty(n * C), empty(nq * zsum), empty(nq * zsum),
                        empty(block), out)
     return out
+
+
+def batched_adapt(net, theta, X_support, y_support, precond, steps, batch_size=None, X_query=None, y_query=None):
+    """Every task's parameters after ``steps`` SGD steps ``theta - precond * grad``, in one call.
+
+    Step ``j`` of a task uses its support rows ``j*b .. j*b+b-1`` (mod ``K``)
+    for ``b = batch_size`` (all rows if None), as ``reptile.iterates`` does.
+
+    Parameters
+    ----------
+    X_support : (T, K, d_in) ; y_support : (T, K, d_out) or (T, K) labels
+    theta, precond : (P,) ; steps : int >= 0 ; batch_size : int in 1..K or None
+    X_query, y_query : optional (T, Q, d_in) and targets: also score the adapted parameters
+
+    Returns
+    -------
+    adapted : (T, P) array ; diverged_at : (T,) int64, the first step whose
+    iterate is not finite (the task's adaptation stopped there), or -1 ;
+    query_loss : (T,) float64 (NaN where not computed)
+    """
+    theta, precond = _vector(net, theta), _vector(net, precond)
+    Xs = _inputs(net, X_support)
+    T, n, d_in = Xs.shape
+    b = n if batch_size is None else int(batch_size)
+    if not 1 <= b <= n:
+        raise ValueError(f"batch_size must be in 1..{n} (the support size) or None, got {batch_size}")
+    Ysf, Ysi = _targets(net, y_support, T, n)
+    if X_query is None:
+        Xq, nq = np.empty((0, 0, d_in), dtype=net.dtype), 0
+        Yqf, Yqi = np.empty((0, 0, 0), dtype=net.dtype), np.empty((0, 0), dtype=np.int64)
+    else:
+        Xq = _inputs(net, X_query)
+        nq = Xq.shape[1]
+        Yqf, Yqi = _targets(net, y_query, T, nq)
+    sizes, poff, zoff = _layout(net)
+    S, P, C = min(T, TASK_SLOTS), theta.shape[0], int(sizes[-1])
+    zsum, block = int(zoff[-1]), int((sizes[:-1] * sizes[1:]).max())
+    dt = theta.dtype
+    mse = get_loss(net.loss_name).code == MSE
+
+    def empty(*shape):
+        return np.empty((S, *shape), dtype=dt)
+
+    adapted = np.empty((T, P), dtype=dt)
+    diverged_at = np.empty(T, dtype=np.int64)
+    query_loss = np.full(T, np.nan)
+    adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, get_activation(net.activation).code,
+                 get_loss(net.loss_name).code, int(steps), b, empty(P), empty(n * zsum), empty(n * zsum),
+                 empty(n * zsum), empty(n * C), empty(b * d_in), empty(b if mse else 0, C if mse else 0),
+                 np.empty((S, 0 if mse else b), dtype=np.int64), empty(nq * zsum), empty(nq * zsum),
+                 empty(nq * zsum), empty(nq * C), empty(block), adapted, diverged_at, query_loss)
+    return adapted, diverged_at, query_loss

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import optim
 from .. import validation as val
+from . import inner_loop, meta_batch
 from .maml import check_inputs
 
 NAME = "reptile"
@@ -91,9 +92,7 @@ def iterates(net, theta, X, y, config):
     Ends at the first non-finite iterate, which is not yielded.
     """
     n = X.shape[0]
-    b = n if config.inner_batch_size is None else config.inner_batch_size
-    if b > n:
-        raise ValueError(f"inner_batch_size must be <= the support size {n}, got {b}")
+    b = _batch_size(n, config)
     adam = optim.Adam(config.inner_lr, config.adam_beta1, config.adam_beta2)
     state = adam.init({"theta": theta}) if config.inner_optimizer == "adam" else None
     for j in itertools.count():
@@ -119,8 +118,25 @@ def adapt(net, theta, X, y, config, steps=None):
     for k, theta_k in enumerate(iterates(net, theta, X, y, config)):
         if k == steps:
             return theta_k
+    _diverged(k, steps, config)
+
+
+def _diverged(k, steps, config):
     raise FloatingPointError(f"the Reptile inner loop diverged at step {k + 1} of {steps} "
                              f"(non-finite parameters); lower inner_lr = {config.inner_lr}")
+
+
+def _batch_size(n, config):
+    """Rows per inner step for a support set of ``n`` rows."""
+    b = n if config.inner_batch_size is None else config.inner_batch_size
+    if b > n:
+        raise ValueError(f"inner_batch_size must be <= the support size {n}, got {b}")
+    return b
+
+
+def _compiled(net, config):
+    """Whether the compiled batched path serves this net and config (plain SGD inner steps)."""
+    return config.inner_optimizer == "sgd" and meta_batch.supports(net)
 
 
 # ------------------------------------------------ the training-loop protocol
@@ -133,6 +149,18 @@ def meta_step(net, params, batch, config):
     r"""Mean query loss at the adapted parameters, and the update direction
     :math:`\frac1T \sum_i (\theta - \tilde\theta_i)` under the key ``"theta"``."""
     theta, batch = check_inputs(net, params["theta"], batch)
+    if _compiled(net, config):  # one compiled call for every task (meta_batch.batched_adapt)
+        adapted, diverged_at, losses = meta_batch.batched_adapt(
+            net, theta, batch.X_support, batch.y_support, np.full_like(theta, config.inner_lr),
+            config.inner_steps, _batch_size(batch.X_support.shape[1], config), batch.X_query, batch.y_query)
+        if (diverged_at >= 0).any():
+            k = diverged_at[np.argmax(diverged_at >= 0)] - 1
+            _diverged(k, config.inner_steps, config)
+        loss, direction = 0.0, np.zeros_like(theta)
+        for i in range(batch.n_tasks):
+            direction += theta - adapted[i]
+            loss += losses[i]
+        return loss / batch.n_tasks, {"theta": direction / batch.n_tasks}
     loss, direction = 0.0, np.zeros_like(theta)
     for i in range(batch.n_tasks):
         X_support, y_support, X_query, y_query = batch.task(i)
@@ -143,9 +171,26 @@ def meta_step(net, params, batch, config):
 
 
 def predict(net, params, X_support, y_support, X_query, steps, config):
-    """Query outputs after ``0..steps`` inner steps: ``(steps+1, Q, d_out)``, NaN once diverged."""
+    """Query outputs after ``0..steps`` inner steps: ``(steps+1, Q, d_out)``, NaN once diverged.
+
+    Stacked tasks (``X_support`` of shape ``(T, K, d_in)``) give ``(T, steps+1, Q, d_out)``;
+    with plain full-batch SGD in one compiled call (``inner_loop.predictions``).
+    """
     theta = val.as_float_array(params["theta"], "theta", net.dtype, (net.n_params,))
     steps = val.check_int(steps, "steps", minimum=0)
+    if np.ndim(X_support) == 3:
+        if _compiled(net, config) and config.inner_batch_size in (None, np.shape(X_support)[1]):
+            X_support = val.as_float_array(X_support, "X_support", net.dtype, (None, None, net.sizes[0]))
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected just below
+                out = inner_loop.predictions(net, theta, X_support, y_support, X_query,
+                                             np.full_like(theta, config.inner_lr), steps)
+            for task in out:  # a step with any non-finite output is NaN, and so is every later one
+                bad = ~np.isfinite(task).all(axis=(1, 2))
+                if bad.any():
+                    task[np.argmax(bad):] = np.nan
+            return out
+        return np.stack([predict(net, params, X_support[i], y_support[i], X_query[i], steps, config)
+                         for i in range(len(X_support))])
     X_support = val.as_float_array(X_support, "X_support", net.dtype, (None, net.sizes[0]))
     out = []
     for theta_k in iterates(net, theta, X_support, np.asarray(y_support), config):

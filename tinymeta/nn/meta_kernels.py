@@ -362,3 +362,48 @@ def predictions_kernel(theta, precond, Xs, Ysf, Ysi, Xq, sizes, poff, zoff, act,
                     break
             for k in range(last + 1, steps + 1):
                 out[t, k] = np.nan
+
+
+# -------------------------------------------------------------- adaptation
+@njit(cache=True, parallel=True)
+def adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, batch_size,
+                 grad, Z, H, D, Pr, Xb, Ybf, Ybi, Zq, Hq, Dq, Pq, scratch, adapted, diverged_at, query_loss):
+    """``steps`` steps ``theta - precond * grad L(rows)`` on every task's support set into
+    ``adapted`` (T, P) (reptile.iterates with SGD): step ``j`` uses rows
+    ``j*b .. j*b+b-1`` (mod ``n``) for ``b = batch_size``. ``diverged_at[t]`` is the
+    first step whose iterate is not finite (adaptation stops there), else -1.
+    ``query_loss[t]`` is the loss of the adapted parameters on the query set, if
+    ``Xq`` holds the tasks (else it is left alone). Slot ``s`` owns row ``s`` of the
+    workspaces; ``Ybf`` (S, b, d_out) for ``"mse"`` and ``Ybi`` (S, b) for ``"xent"``
+    receive the rows of a minibatch (the other is empty)."""
+    T, S = Xs.shape[0], grad.shape[0]
+    n, P = Xs.shape[1], theta.shape[0]
+    b = batch_size
+    for s in prange(S):
+        Xbs = _view(Xb[s], 0, b, Xs.shape[2])
+        for t in range(s, T, S):
+            adapted[t, :] = theta
+            diverged_at[t] = -1
+            for k in range(steps):
+                if b == n:  # the whole support set, in order
+                    Xk, Yfk, Yik = Xs[t], Ysf[t], Ysi[t]
+                else:
+                    for i in range(b):
+                        row = (k * b + i) % n
+                        Xbs[i, :] = Xs[t, row]
+                        if loss == MSE:
+                            Ybf[s, i, :] = Ysf[t, row]
+                        else:
+                            Ybi[s, i] = Ysi[t, row]
+                    Xk, Yfk, Yik = Xbs, Ybf[s], Ybi[s]
+                _forward(adapted[t], Xk, sizes, poff, zoff, act, Z[s], H[s])
+                _loss_into(loss, Z[s], b, zoff, sizes, Yfk, Yik, D[s], Pr[s])
+                _backward(adapted[t], Xk, sizes, poff, zoff, act, Z[s], H[s], D[s], grad[s], scratch[s])
+                for j in range(P):
+                    adapted[t, j] = adapted[t, j] - precond[j] * grad[s, j]
+                if not _finite_vector(adapted[t]):
+                    diverged_at[t] = k + 1
+                    break
+            if Xq.shape[0] > 0 and diverged_at[t] < 0:
+                _forward(adapted[t], Xq[t], sizes, poff, zoff, act, Zq[s], Hq[s])
+                query_loss[t] = _loss_into(loss, Zq[s], Xq.shape[1], zoff, sizes, Yqf[t], Yqi[t], Dq[s], Pq[s])
