@@ -8,9 +8,10 @@
   inner_steps=)`` -> ``(loss, theta - theta_K averaged over tasks)``, or
   the training-loop protocol ``reptile.meta_step`` when that is all the
   module has.
-* ProtoNet: ``protonet.loss_and_grad(net, theta, X_support, y_support,
-  X_query, y_query)`` per episode; the 32-episode workloads average over a
-  Python loop of such calls (tinymeta's public per-episode contract).
+* ProtoNet: ``protonet.batch_loss_and_grad(net, theta, batch)`` (every
+  episode's rows in one forward pass and one ``net.vjp``) when the module
+  has it; otherwise ``protonet.loss_and_grad(net, theta, X_support,
+  y_support, X_query, y_query)`` per episode, averaged over a Python loop.
 
 An algorithm module that does not exist yet makes its rows "tinymeta: not
 available yet" (``Unavailable``); no number stands in for it.
@@ -97,6 +98,9 @@ def prepare(impl: str, workload, inputs) -> Prepared:
         return Prepared(fn, lambda out: (float(out[0]), np.concatenate([out[1], out[2]]).astype(np.float64)))
     if a == "reptile":
         return _reptile(module, net, theta, batch, lr, K)
+    if a == "protonet" and hasattr(module, "batch_loss_and_grad"):
+        fn = lambda: module.batch_loss_and_grad(net, theta, batch)
+        return Prepared(fn, lambda out: (float(out[0]), np.asarray(out[1], np.float64)))
     if a == "protonet":
         _require(module, "loss_and_grad")
         episodes = [tuple(arr[i] for arr in inputs[2:]) for i in range(workload.n_tasks)]

@@ -242,3 +242,26 @@ def test_batched_evaluation_scores_equal_task_by_task(algo, loss, rng, monkeypat
     want = evaluate.task_scores(net, module, params, config, batch, 6)
     np.testing.assert_allclose(got, want, rtol=TOL64, atol=0, equal_nan=True)
     assert np.isnan(want[5]).any() == diverges
+
+
+# ------------------------------------------------------- ProtoNet episodes
+@pytest.mark.parametrize("shots, n_way, T", [(1, 5, 1), (5, 5, 7), (2, 3, 4)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_batched_protonet_episodes_match_episode_by_episode(shots, n_way, T, dtype, rng):
+    from tinymeta.algorithms import embedding, protonet
+
+    net = tm.MLP((20, 16, 8), activation="relu", loss="mse", dtype=dtype)
+    theta = net.init(rng)
+    ys = np.tile(np.repeat(np.arange(n_way), shots), (T, 1))
+    yq = rng.integers(0, n_way, (T, 6))
+    batch = tm.TaskBatch(rng.standard_normal((T, n_way * shots, 20)).astype(dtype), ys,
+                         rng.standard_normal((T, 6, 20)).astype(dtype), yq)
+    got = protonet.batch_loss_and_grad(net, theta, batch)
+
+    def episode(Xs, ys, Xq, yq):
+        loss, grad = protonet.loss_and_grad(net, theta, Xs, ys, Xq, yq)
+        return loss, {"theta": grad}, int(ys.max()) + 1
+    want_loss, want = embedding.batch_mean(episode, batch)
+    tol = TOL64 if dtype == "float64" else FLOAT32_TOL
+    assert got[1].dtype == theta.dtype
+    assert got[0] == pytest.approx(want_loss, rel=tol) and rel_error(got[1], want["theta"]) <= tol

@@ -33,6 +33,7 @@ import numpy as np
 from .. import validation as val
 from ..nn.losses import softmax, xent_value_and_grad
 from . import embedding as emb
+from . import episode_batch
 
 NAME = "protonet"
 
@@ -145,15 +146,28 @@ def init_params(net, rng, config):
     return {"theta": net.init(rng)}
 
 
+def batch_loss_and_grad(net, theta, batch):
+    """Mean episode loss over ``batch`` and its gradient wrt ``theta``: every episode's
+    rows in one forward pass and one ``net.vjp`` (``episode_batch.py``).
+
+    Parameters
+    ----------
+    net : MLP embedding ``f`` ; theta : (net.n_params,)
+    batch : TaskBatch of ``T`` episodes with the same ``N``
+
+    Returns
+    -------
+    (float, (net.n_params,) array): the mean over episodes of ``loss_and_grad``.
+    """
+    theta = val.as_float_array(theta, "theta", net.dtype, (net.n_params,))
+    return episode_batch.batch_mean_on_embeddings(net, theta, batch, embedding_loss_and_grad)
+
+
 def meta_step(net, params, batch, config):
-    """Mean episode loss over the batch and its gradient ``{"theta": ...}``."""
+    """Mean episode loss over the batch and its gradient ``{"theta": ...}`` (``batch_loss_and_grad``)."""
     theta = val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,))
-
-    def episode(Xs, ys, Xq, yq):
-        loss, grad, n_way = _episode(net, theta, Xs, ys, Xq, yq)
-        return loss, {"theta": grad}, n_way
-
-    return emb.batch_mean(episode, batch)
+    loss, grad = batch_loss_and_grad(net, theta, batch)
+    return loss, {"theta": grad}
 
 
 def predict(net, params, X_support, y_support, X_query, steps, config):

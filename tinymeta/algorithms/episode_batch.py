@@ -1,0 +1,59 @@
+r"""A batch of metric-learning episodes through the embedding net in two compiled calls.
+
+``embedding.batch_mean`` runs one forward pass and one ``net.vjp`` per
+episode. Since the pull-back is linear in the cotangent and sums over rows,
+the mean gradient over ``T`` episodes is one pull-back of every episode's
+rows stacked:
+
+.. math::
+    \frac1T \sum_i J_{\theta,i}^\top dE_i
+    = \frac1T\, J_\theta^\top \begin{bmatrix} dE_1 \\ \vdots \\ dE_T \end{bmatrix}
+
+where :math:`J_\theta` is the Jacobian of ``f`` over all stacked rows. So
+``batch_mean_on_embeddings`` embeds every support and query row of the
+batch in one ``net.forward``, computes each episode's loss and embedding
+gradient in NumPy, and pulls them back in one ``net.vjp``. It computes what
+``embedding.batch_mean`` computes (tests pin the two together).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import embedding as emb
+
+
+def batch_mean_on_embeddings(net, theta, batch, embedding_loss_and_grad):
+    """Mean episode loss over ``batch`` and its gradient wrt ``theta``.
+
+    Parameters
+    ----------
+    net : MLP embedding ``f`` ; theta : (net.n_params,) ; batch : TaskBatch of episodes
+    embedding_loss_and_grad : callable
+        ``(E_support, y_support, E_query, y_query, n_way) -> (loss, dE_support, dE_query)``,
+        e.g. ``protonet.embedding_loss_and_grad``.
+
+    Returns
+    -------
+    (float, (net.n_params,) array)
+
+    Every episode must be valid (``embedding.check_episode``) and have the
+    same ``N``, as ``embedding.batch_mean`` requires.
+    """
+    emb.check_batch(batch)
+    episodes = [emb.check_episode(net, *batch.task(i)) for i in range(batch.n_tasks)]
+    for i, episode in enumerate(episodes):
+        if episode[4] != episodes[0][4]:
+            raise ValueError(f"every episode of batch must have the same number of ways: episode 0 is "
+                             f"{episodes[0][4]}-way, episode {i} is {episode[4]}-way "
+                             f"(y_support labels 0..{episode[4] - 1})")
+    X = np.concatenate([a for Xs, _, Xq, _, _ in episodes for a in (Xs, Xq)])
+    E = net.forward(theta, X)
+    dE = np.empty_like(E)
+    total, start = 0.0, 0
+    for Xs, ys, Xq, yq, n_way in episodes:
+        mid, end = start + Xs.shape[0], start + Xs.shape[0] + Xq.shape[0]
+        loss, dE[start:mid], dE[mid:end] = embedding_loss_and_grad(E[start:mid], ys, E[mid:end], yq, n_way)
+        total += loss
+        start = end
+    T = batch.n_tasks
+    return total / T, net.vjp(theta, X, dE) / T
