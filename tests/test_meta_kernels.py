@@ -89,9 +89,10 @@ def test_float32_is_close_to_float64(sizes, activation, loss, first_order, rng):
     _assert_close(got, want, 10 * FLOAT32_TOL)
 
 
-def test_result_does_not_depend_on_the_number_of_threads(rng):
+def test_result_does_not_depend_on_the_number_of_threads(rng, monkeypatch):
     import numba
 
+    monkeypatch.setattr(meta_batch, "PARALLEL_MIN_WORK", 0)  # every call may use every thread
     net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng, T=13)
     precond = _precond(net, rng, "maml")
     before = numba.get_num_threads()
@@ -103,6 +104,20 @@ def test_result_does_not_depend_on_the_number_of_threads(rng):
     finally:
         numba.set_num_threads(before)
     assert one[0] == many[0] and np.array_equal(one[1], many[1]) and np.array_equal(one[2], many[2])
+
+
+@pytest.mark.parametrize("limit", [0, 10 ** 12])
+def test_small_calls_run_on_one_thread_and_leave_the_thread_count_alone(limit, rng, monkeypatch):
+    import numba
+
+    monkeypatch.setattr(meta_batch, "PARALLEL_MIN_WORK", limit)
+    seen = []
+    kernel = meta_batch.meta_batch_kernel
+    monkeypatch.setattr(meta_batch, "meta_batch_kernel", lambda *a: seen.append(numba.get_num_threads()) or kernel(*a))
+    net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng, T=3)
+    before = numba.get_num_threads()
+    meta_batch.meta_loss_and_grad(net, theta, batch, _precond(net, rng, "maml"), 1)
+    assert seen == [before if limit == 0 else 1] and numba.get_num_threads() == before
 
 
 def test_public_algorithms_take_the_compiled_path(rng, monkeypatch):

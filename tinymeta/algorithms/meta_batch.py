@@ -9,9 +9,21 @@ two together (``tests/test_meta_kernels.py``, 1e-12 relative in float64).
 Results do not depend on the thread count: tasks are spread over
 ``TASK_SLOTS`` slots (``min(T, TASK_SLOTS)``), each summing its tasks in
 order, and the slots are summed in order here.
+
+Threads: a call runs its slots on Numba's threads (``numba.get_num_threads()``)
+only when it holds at least ``PARALLEL_MIN_WORK`` row-parameter products;
+smaller calls run on the calling thread alone. On the shared 2-core
+development machine, a sinusoid meta-batch (~1 ms of work) ran 3-5x *slower*
+on 2 threads than on 1: the fork/join waits for a thread that the
+scheduler has given to another process (NOTES-kernels.md). The limit is
+applied with ``numba.set_num_threads`` for the duration of the call, which
+Numba keeps per calling thread; nothing process-wide changes.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import numba
 import numpy as np
 
 from ..nn.activations import get_activation
@@ -20,6 +32,21 @@ from ..nn.meta_kernels import adapt_kernel, meta_batch_kernel, predictions_kerne
 from ..nn.mlp import MLP
 
 TASK_SLOTS = 8  # parallel task slots; fixed so that sums do not depend on the number of threads
+PARALLEL_MIN_WORK = 10_000_000  # rows x parameters per call before threads pay (sinusoid MAML: ~1e6; Omniglot: ~1e9)
+
+
+@contextmanager
+def _threads_for(work):
+    """Numba threads for a call of ``work`` row-parameter products (see the module docstring)."""
+    before = numba.get_num_threads()
+    use = before if work >= PARALLEL_MIN_WORK else 1
+    if use != before:
+        numba.set_num_threads(use)
+    try:
+        yield
+    finally:
+        if use != before:
+            numba.set_num_threads(before)
 
 
 def supports(model, *arrays) -> bool:
@@ -80,13 +107,14 @@ def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False):
         return np.empty((S, *shape), dtype=dt)
 
     loss_acc, d_theta_acc, d_precond_acc = np.empty(S, dtype=dt), empty(P), empty(P)
-    meta_batch_kernel(
-        theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, get_activation(net.activation).code,
-        get_loss(net.loss_name).code, K, bool(first_order),
-        empty(K + 1, P), empty(Kst, P), empty(Kst, n * zsum), empty(Kst, n * zsum), empty(Kst, n * zsum),
-        empty(Kst, n * C), empty(nq * zsum), empty(nq * zsum), empty(nq * zsum), empty(nq * C),
-        empty(n * zsum), empty(n * zsum), empty(n * zsum), empty(P), empty(P), empty(P),
-        empty(n * width), empty(block), loss_acc, d_theta_acc, d_precond_acc)
+    with _threads_for(T * (max(K, 1) * n + nq) * P):
+        meta_batch_kernel(
+            theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, get_activation(net.activation).code,
+            get_loss(net.loss_name).code, K, bool(first_order),
+            empty(K + 1, P), empty(Kst, P), empty(Kst, n * zsum), empty(Kst, n * zsum), empty(Kst, n * zsum),
+            empty(Kst, n * C), empty(nq * zsum), empty(nq * zsum), empty(nq * zsum), empty(nq * C),
+            empty(n * zsum), empty(n * zsum), empty(n * zsum), empty(P), empty(P), empty(P),
+            empty(n * width), empty(block), loss_acc, d_theta_acc, d_precond_acc)
     loss, d_theta, d_precond = 0.0, np.zeros_like(theta), np.zeros_like(theta)
     for s in range(S):
         loss += float(loss_acc[s])
@@ -120,10 +148,11 @@ def predictions(net, theta, X_support, y_support, X_query, precond, steps):
         return np.empty((S, *shape), dtype=dt)
 
     out = np.empty((T, int(steps) + 1, nq, C), dtype=dt)
-    predictions_kernel(theta, precond, Xs, Ysf, Ysi, Xq, sizes, poff, zoff, get_activation(net.activation).code,
-                       get_loss(net.loss_name).code, empty(P), empty(P), empty(n * zsum), empty(n * zsum),
-                       empty(n * zsum), empty(n * C), empty(nq * zsum), empty(nq * zsum),
-                       empty(block), out)
+    with _threads_for(T * (int(steps) + 1) * (n + nq) * P):
+        predictions_kernel(theta, precond, Xs, Ysf, Ysi, Xq, sizes, poff, zoff, get_activation(net.activation).code,
+                           get_loss(net.loss_name).code, empty(P), empty(P), empty(n * zsum), empty(n * zsum),
+                           empty(n * zsum), empty(n * C), empty(nq * zsum), empty(nq * zsum),
+                           empty(block), out)
     return out
 
 
@@ -171,9 +200,10 @@ def batched_adapt(net, theta, X_support, y_support, precond, steps, batch_size=N
     adapted = np.empty((T, P), dtype=dt)
     diverged_at = np.empty(T, dtype=np.int64)
     query_loss = np.full(T, np.nan)
-    adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, get_activation(net.activation).code,
-                 get_loss(net.loss_name).code, int(steps), b, empty(P), empty(n * zsum), empty(n * zsum),
-                 empty(n * zsum), empty(n * C), empty(b * d_in), empty(b if mse else 0, C if mse else 0),
-                 np.empty((S, 0 if mse else b), dtype=np.int64), empty(nq * zsum), empty(nq * zsum),
-                 empty(nq * zsum), empty(nq * C), empty(block), adapted, diverged_at, query_loss)
+    with _threads_for(T * (max(int(steps), 1) * b + nq) * P):
+        adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, get_activation(net.activation).code,
+                     get_loss(net.loss_name).code, int(steps), b, empty(P), empty(n * zsum), empty(n * zsum),
+                     empty(n * zsum), empty(n * C), empty(b * d_in), empty(b if mse else 0, C if mse else 0),
+                     np.empty((S, 0 if mse else b), dtype=np.int64), empty(nq * zsum), empty(nq * zsum),
+                     empty(nq * zsum), empty(nq * C), empty(block), adapted, diverged_at, query_loss)
     return adapted, diverged_at, query_loss
