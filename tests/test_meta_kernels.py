@@ -280,3 +280,23 @@ def test_batched_protonet_episodes_match_episode_by_episode(shots, n_way, T, dty
     tol = TOL64 if dtype == "float64" else FLOAT32_TOL
     assert got[1].dtype == theta.dtype
     assert got[0] == pytest.approx(want_loss, rel=tol) and rel_error(got[1], want["theta"]) <= tol
+
+
+def test_bad_inputs_are_named_before_any_kernel_runs(rng):
+    net, theta, batch = _problem((3, 8, 6, 4), "tanh", "xent", rng, T=3)
+    precond = _precond(net, rng, "maml")
+    bad_labels = batch.y_query.copy()
+    bad_labels[1, 2] = 4
+    cases = [
+        (dict(batch=batch._replace(y_query=bad_labels)), r"y_query must hold labels in 0..3, got values from 0 to 4"),
+        (dict(batch=batch._replace(X_query=batch.X_query[:, :, :2])), r"X_query must have shape \(3, n, 3\)"),
+        (dict(batch=batch._replace(y_support=batch.y_support[:2])), r"y_support must hold integer labels of shape"),
+        (dict(precond=precond[:-1]), rf"precond must have shape \({net.n_params},\)"),
+    ]
+    for change, message in cases:
+        args = {"net": net, "theta": theta, "batch": batch, "precond": precond, "steps": 1, **change}
+        with pytest.raises(ValueError, match=message):
+            meta_batch.meta_loss_and_grad(**args)
+    mse, theta2, batch2 = _problem((2, 5, 1), "tanh", "mse", rng, T=2)
+    with pytest.raises(ValueError, match=r"y_support must have shape \(2, 5, 1\) for loss 'mse'"):
+        meta_batch.predictions(mse, theta2, batch2.X_support, batch2.y_support[..., 0], batch2.X_query, theta2, 1)

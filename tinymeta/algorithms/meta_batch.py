@@ -69,20 +69,33 @@ def _layout(net):
     return sizes, poff, zoff
 
 
-def _targets(net, y, T, n):
-    """``(float targets, int labels)`` for the kernels: the unused one is empty."""
+def _targets(net, y, T, n, name):
+    """``(float targets, int labels)`` for the kernels, checked: the unused one is empty."""
+    y = np.asarray(y)
+    C = net.sizes[-1]
     if get_loss(net.loss_name).code == MSE:
-        return (np.ascontiguousarray(y, dtype=net.dtype).reshape(T, n, net.sizes[-1]),
-                np.empty((T, 0), dtype=np.int64))
-    return np.empty((T, 0, 0), dtype=net.dtype), np.ascontiguousarray(y, dtype=np.int64).reshape(T, n)
+        if y.shape != (T, n, C):
+            raise ValueError(f"{name} must have shape ({T}, {n}, {C}) for loss 'mse', got {y.shape}")
+        return np.ascontiguousarray(y, dtype=net.dtype), np.empty((T, 0), dtype=np.int64)
+    if y.dtype.kind not in "iu" or y.shape != (T, n):
+        raise ValueError(f"{name} must hold integer labels of shape ({T}, {n}), got {y.dtype} {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= C):
+        raise ValueError(f"{name} must hold labels in 0..{C - 1}, got values from {y.min()} to {y.max()}")
+    return np.empty((T, 0, 0), dtype=net.dtype), np.ascontiguousarray(y, dtype=np.int64)
 
 
-def _vector(net, a):
-    return np.ascontiguousarray(a, dtype=net.dtype)
+def _vector(net, a, name):
+    a = np.ascontiguousarray(a, dtype=net.dtype)
+    if a.shape != (net.n_params,):
+        raise ValueError(f"{name} must have shape ({net.n_params},), got {a.shape}")
+    return a
 
 
-def _inputs(net, X):
-    return np.ascontiguousarray(X, dtype=net.dtype)
+def _inputs(net, X, name, T=None):
+    X = np.ascontiguousarray(X, dtype=net.dtype)
+    if X.ndim != 3 or X.shape[2] != net.sizes[0] or 0 in X.shape[:2] or X.shape[0] != (T or X.shape[0]):
+        raise ValueError(f"{name} must have shape ({T or 'T'}, n, {net.sizes[0]}) with n >= 1, got {X.shape}")
+    return X
 
 
 def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False):
@@ -92,11 +105,12 @@ def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False):
     -------
     (float, (P,), (P,)): mean query loss, its gradient wrt ``theta`` and wrt ``precond``.
     """
-    theta, precond = _vector(net, theta), _vector(net, precond)
-    Xs, Xq = _inputs(net, batch.X_support), _inputs(net, batch.X_query)
+    theta, precond = _vector(net, theta, "theta"), _vector(net, precond, "precond")
+    Xs = _inputs(net, batch.X_support, "X_support")
+    Xq = _inputs(net, batch.X_query, "X_query", Xs.shape[0])
     (T, n, _), nq = Xs.shape, Xq.shape[1]
-    Ysf, Ysi = _targets(net, batch.y_support, T, n)
-    Yqf, Yqi = _targets(net, batch.y_query, T, nq)
+    Ysf, Ysi = _targets(net, batch.y_support, T, n, "y_support")
+    Yqf, Yqi = _targets(net, batch.y_query, T, nq, "y_query")
     sizes, poff, zoff = _layout(net)
     S, P, K, C = min(T, TASK_SLOTS), theta.shape[0], int(steps), int(sizes[-1])
     Kst = max(K, 1)
@@ -135,10 +149,11 @@ def predictions(net, theta, X_support, y_support, X_query, precond, steps):
     -------
     (T, steps + 1, Q, d_out) array, NaN from the step a task diverges.
     """
-    theta, precond = _vector(net, theta), _vector(net, precond)
-    Xs, Xq = _inputs(net, X_support), _inputs(net, X_query)
+    theta, precond = _vector(net, theta, "theta"), _vector(net, precond, "precond")
+    Xs = _inputs(net, X_support, "X_support")
+    Xq = _inputs(net, X_query, "X_query", Xs.shape[0])
     (T, n, _), nq = Xs.shape, Xq.shape[1]
-    Ysf, Ysi = _targets(net, y_support, T, n)
+    Ysf, Ysi = _targets(net, y_support, T, n, "y_support")
     sizes, poff, zoff = _layout(net)
     S, P, C = min(T, TASK_SLOTS), theta.shape[0], int(sizes[-1])
     zsum, width, block = int(zoff[-1]), int(sizes.max()), int((sizes[:-1] * sizes[1:]).max())
@@ -174,20 +189,20 @@ def batched_adapt(net, theta, X_support, y_support, precond, steps, batch_size=N
     iterate is not finite (the task's adaptation stopped there), or -1 ;
     query_loss : (T,) float64 (NaN where not computed)
     """
-    theta, precond = _vector(net, theta), _vector(net, precond)
-    Xs = _inputs(net, X_support)
+    theta, precond = _vector(net, theta, "theta"), _vector(net, precond, "precond")
+    Xs = _inputs(net, X_support, "X_support")
     T, n, d_in = Xs.shape
     b = n if batch_size is None else int(batch_size)
     if not 1 <= b <= n:
         raise ValueError(f"batch_size must be in 1..{n} (the support size) or None, got {batch_size}")
-    Ysf, Ysi = _targets(net, y_support, T, n)
+    Ysf, Ysi = _targets(net, y_support, T, n, "y_support")
     if X_query is None:
         Xq, nq = np.empty((0, 0, d_in), dtype=net.dtype), 0
         Yqf, Yqi = np.empty((0, 0, 0), dtype=net.dtype), np.empty((0, 0), dtype=np.int64)
     else:
-        Xq = _inputs(net, X_query)
+        Xq = _inputs(net, X_query, "X_query", T)
         nq = Xq.shape[1]
-        Yqf, Yqi = _targets(net, y_query, T, nq)
+        Yqf, Yqi = _targets(net, y_query, T, nq, "y_query")
     sizes, poff, zoff = _layout(net)
     S, P, C = min(T, TASK_SLOTS), theta.shape[0], int(sizes[-1])
     zsum, block = int(zoff[-1]), int((sizes[:-1] * sizes[1:]).max())
