@@ -1,0 +1,73 @@
+"""The compiled meta-batch path against the per-task reference loop, in one process.
+
+    NUMBA_NUM_THREADS=1 python -m benchmarks.compare_paths [--net sinusoid|omniglot] [--steps K]
+        [--first-order] [--dtype float64|float32]
+
+Times ``inner_loop.meta_loss_and_grad`` (compiled when the net allows it)
+and ``inner_loop.reference_meta_loss_and_grad`` on the same meta-batch with
+``timing.measure`` (medians over repeats), alternating the two so that a
+change of machine load hits both. ``sinusoid``: 25 tasks, 10 support and
+10 query points, 1-40-40-1, mse, step 0.01 (Finn et al. 2017, section 5.1).
+``omniglot``: 32 tasks, 5-way 1-shot, 15 queries per class, 784-256-128-64-64-5,
+xent, step 0.4 (random data of that shape).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from . import timing
+
+NETS = {  # sizes, loss, tasks, support rows, query rows, inner step
+    "sinusoid": ((1, 40, 40, 1), "mse", 25, 10, 10, 0.01),
+    "omniglot": ((784, 256, 128, 64, 64, 5), "xent", 32, 5, 75, 0.4),
+}
+
+
+def problem(name, dtype, rng):
+    """``(net, theta, batch, precond)`` for one of ``NETS``."""
+    import tinymeta as tm
+
+    sizes, loss, T, n, q, step = NETS[name]
+    net = tm.MLP(sizes, loss=loss, dtype=dtype)
+    theta = net.init(rng)
+
+    def targets(rows):
+        if loss == "xent":
+            return rng.integers(0, sizes[-1], (T, rows))
+        return rng.standard_normal((T, rows, sizes[-1])).astype(dtype)
+    batch = tm.TaskBatch(rng.standard_normal((T, n, sizes[0])).astype(dtype), targets(n),
+                         rng.standard_normal((T, q, sizes[0])).astype(dtype), targets(q))
+    return net, theta, batch, np.full_like(theta, step)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--net", choices=sorted(NETS), default="sinusoid")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--first-order", action="store_true")
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two paths")
+    args = parser.parse_args(argv)
+    import numba
+
+    from tinymeta.algorithms import inner_loop
+
+    net, theta, batch, precond = problem(args.net, args.dtype, np.random.default_rng(0))
+    paths = {"compiled": inner_loop.meta_loss_and_grad, "reference": inner_loop.reference_meta_loss_and_grad}
+    medians = {name: [] for name in paths}
+    for _ in range(args.rounds):
+        for name, fn in paths.items():
+            _, summary = timing.measure(lambda: fn(net, theta, batch, precond, args.steps, args.first_order))
+            medians[name].append(summary["median"] * 1e6)
+    print(f"{args.net} K={args.steps} first_order={args.first_order} {args.dtype} "
+          f"numba threads={numba.get_num_threads()}")
+    for name, values in medians.items():
+        print(f"  {name:9s} median of round medians {np.median(values):12,.0f} us   rounds: "
+              + ", ".join(f"{v:,.0f}" for v in values))
+    print(f"  speed-up {np.median(medians['reference']) / np.median(medians['compiled']):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
