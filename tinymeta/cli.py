@@ -42,6 +42,15 @@ def _ints(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 40,40, got {text!r}")
 
 
+def _budget(text: str) -> tuple:
+    from .reproduce import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+
+
 def _names(text: str) -> tuple:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
@@ -233,7 +242,7 @@ def _cmd_reproduce(args) -> int:
 
     try:
         path = reproduce_sinusoid(args.out, algorithms=args.algorithms, seeds=args.seeds, iterations=args.iterations,
-                                  eval_tasks=args.eval_tasks, val_tasks=args.val_tasks, jobs=args.jobs,
+                                  budgets=args.budget, eval_tasks=args.eval_tasks, val_tasks=args.val_tasks, jobs=args.jobs,
                                   on_result=done, command=" ".join(["tinymeta", *args.argv]))
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished runs and checkpoints are kept in {args.out}. "
@@ -299,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/reproduce-sinusoid"), help="output directory (resumable)")
     p.add_argument("--iterations", type=int, default=70_000, help="meta-iterations per run (70000 in the paper)")
     p.add_argument("--seeds", type=_ints, default="0,1,2", help="training seeds, comma-separated")
+    p.add_argument("--budget", type=_budget, action="append", default=[], metavar="ALGO=N[xS]",
+                   help="give ALGO N iterations (and only the first S seeds) instead of the protocol's, "
+                        "for the slow ones on a small machine; repeatable; the report says so")
     p.add_argument("--algorithms", type=_names, default=None,
                    help=f"comma-separated subset of {','.join(sorted(registry.ALGORITHMS))} (default: all of them)")
     p.add_argument("--eval-tasks", type=int, default=600, help="fixed test tasks")
