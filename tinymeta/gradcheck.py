@@ -114,7 +114,7 @@ def relu_margin(net, theta, X) -> float:
     step ``eps`` cannot cross a ReLU kink if parameters move ``Z`` by less than this."""
     from .nn.reference import forward_pass
 
-    _, (_, Z) = forward_pass(net, np.asarray(theta, np.float64), np.asarray(X, np.float64))
+    Z = forward_pass(net, np.asarray(theta, np.float64), np.asarray(X, np.float64))[1][1]
     hidden = Z[:-1]
     return min(float(np.abs(z).min()) for z in hidden) if hidden else np.inf
 
