@@ -196,8 +196,6 @@ class MLP:
 
     @property
     def _impl(self):
-        if self.batchnorm:  # TEMPORARY until the Numba batch-norm kernels land
-            return reference
         return BACKENDS[self.backend]
 
     # ------------------------------------------------- the public contract
