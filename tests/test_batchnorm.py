@@ -6,6 +6,7 @@ import pytest
 
 import tinymeta as tm
 from tinymeta import gradcheck as gc
+from tinymeta.algorithms import inner_loop, maml
 from tinymeta.nn.batchnorm import BN_EPS, normalize, normalize_apply, normalize_r_backward
 
 BACKENDS = ["numpy", "numba"]
@@ -137,3 +138,49 @@ def test_batchnorm_is_part_of_the_spec():
     assert tm.MLP([3, 4]).batchnorm is False
     with pytest.raises(TypeError, match="batchnorm must be True or False, got 'yes'"):
         tm.MLP([3, 4], batchnorm="yes")
+
+
+# ------------------------------------ the meta-learners on a normalised net
+def _task_batch(net, rng, T=2, K=5, Q=6):
+    d_in, d_out = net.sizes[0], net.sizes[-1]
+    Xs, Xq = rng.standard_normal((T, K, d_in)), rng.standard_normal((T, Q, d_in))
+    if net.loss_name == "xent":
+        return tm.TaskBatch(Xs, rng.integers(0, d_out, (T, K)), Xq, rng.integers(0, d_out, (T, Q)))
+    return tm.TaskBatch(Xs, rng.standard_normal((T, K, d_out)), Xq, rng.standard_normal((T, Q, d_out)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", ["mse", "xent"])
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_maml_meta_gradient_through_batchnorm_matches_finite_differences(inner_steps, loss, backend, rng):
+    """Second-order MAML differentiates through the support batch's statistics at every inner step
+    (the HVPs of inner_loop.py) and the query batch's at the end."""
+    net = _bn_net(sizes=(2, 7, 6, 3), loss=loss, backend=backend)
+    theta = net.init(rng) + 0.1 * rng.standard_normal(net.n_params)
+    batch = _task_batch(net, rng)
+    inner_lr = 0.3 if loss == "xent" else 0.05
+    loss_value, grad = maml.meta_loss_and_grad(net, theta, batch, inner_lr, inner_steps)
+    meta_loss = lambda t: maml.meta_loss_and_grad(net, t, batch, inner_lr, inner_steps)[0]  # noqa: E731
+    numeric = gc.numerical_gradient(meta_loss, theta)
+    assert gc.rel_error(grad, numeric) < gc.FD_TOL
+    first_order = maml.meta_loss_and_grad(net, theta, batch, inner_lr, inner_steps, first_order=True)[1]
+    assert gc.rel_error(grad, first_order) > 1e-4  # the Hessian terms matter: the check above tests them
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_preconditioner_gradient_through_batchnorm_matches_finite_differences(inner_steps, rng):
+    net = _bn_net(sizes=(2, 5, 4, 1), backend="numba")
+    theta = net.init(rng) + 0.1 * rng.standard_normal(net.n_params)
+    batch = _task_batch(net, rng)
+    precond = rng.uniform(0.01, 0.1, net.n_params)
+    _, _, d_precond = inner_loop.meta_loss_and_grad(net, theta, batch, precond, inner_steps)
+    numeric = gc.numerical_gradient(lambda p: inner_loop.meta_loss_and_grad(net, theta, batch, p, inner_steps)[0],
+                                    precond)
+    assert gc.rel_error(d_precond, numeric) < gc.FD_TOL
+
+
+def test_maml_refuses_a_one_shot_regression_support_set(rng):
+    net = _bn_net(sizes=(1, 8, 1))
+    batch = _task_batch(net, rng, K=1)
+    with pytest.raises(ValueError, match="X must have at least 2 rows with batchnorm=True"):
+        maml.meta_loss_and_grad(net, net.init(rng), batch, 0.01, 1)
