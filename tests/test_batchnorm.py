@@ -184,3 +184,26 @@ def test_maml_refuses_a_one_shot_regression_support_set(rng):
     batch = _task_batch(net, rng, K=1)
     with pytest.raises(ValueError, match="X must have at least 2 rows with batchnorm=True"):
         maml.meta_loss_and_grad(net, net.init(rng), batch, 0.01, 1)
+
+
+# ------------------------------------------------------- run configuration
+def test_train_config_builds_a_normalised_net_and_round_trips():
+    from tinymeta.config import TrainConfig
+
+    c = TrainConfig(batchnorm=True, hidden=(8, 4))
+    assert c.net().batchnorm and not TrainConfig().net().batchnorm
+    assert TrainConfig.from_dict(c.to_dict()) == c and c.to_dict()["batchnorm"] is True
+    saved_before = {k: v for k, v in TrainConfig().to_dict().items() if k != "batchnorm"}
+    assert TrainConfig.from_dict(saved_before).batchnorm is False  # runs saved without the field still load
+    with pytest.raises(TypeError, match="batchnorm must be True or False, got 'no'"):
+        TrainConfig(batchnorm="no")
+    with pytest.raises(ValueError, match="batchnorm must be False for cavia"):
+        TrainConfig(algo="cavia", batchnorm=True)
+
+
+def test_cli_flag_sets_batchnorm_only_when_given():
+    from tinymeta.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--batchnorm"]).batchnorm is True
+    assert parser.parse_args(["train"]).batchnorm is None  # left to TrainConfig (and refused with --resume)
