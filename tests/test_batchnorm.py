@@ -207,3 +207,20 @@ def test_cli_flag_sets_batchnorm_only_when_given():
     parser = build_parser()
     assert parser.parse_args(["train", "--batchnorm"]).batchnorm is True
     assert parser.parse_args(["train"]).batchnorm is None  # left to TrainConfig (and refused with --resume)
+
+
+def test_freezing_the_offsets_in_the_inner_loop_as_the_reference_code_does(rng):
+    """The MAML reference code adapts the weights but not batch norm's offsets: zero the hidden
+    biases in the preconditioner. The meta-gradient stays exact and the offsets stay put."""
+    net = _bn_net(sizes=(2, 6, 5, 3), loss="xent", backend="numba")
+    theta = net.init(rng) + 0.1 * rng.standard_normal(net.n_params)
+    batch = _task_batch(net, rng)
+    precond = np.full(net.n_params, 0.3)
+    for _, b in net.unflatten(precond)[:-1]:
+        b[...] = 0.0
+    thetas, _ = inner_loop.adapt(net, theta, batch.X_support[0], batch.y_support[0], precond, 2)
+    for (_, b_before), (_, b_after) in zip(net.unflatten(theta)[:-1], net.unflatten(thetas[-1])[:-1]):
+        assert np.array_equal(b_before, b_after)
+    _, grad, _ = inner_loop.meta_loss_and_grad(net, theta, batch, precond, 2)
+    numeric = gc.numerical_gradient(lambda t: inner_loop.meta_loss_and_grad(net, t, batch, precond, 2)[0], theta)
+    assert gc.rel_error(grad, numeric) < gc.FD_TOL

@@ -7,7 +7,8 @@ shape ``(sizes[l+1],)``; ``unflatten`` returns views. Every method takes
 ``theta`` first, validates its inputs, and hands them to the backend chosen
 by ``backend``: ``"numpy"`` (``reference.py``, for reading and debugging) or
 ``"numba"`` (``numba_backend.py``, the compiled kernels). Both follow one
-contract and the tests pin them together.
+contract and the tests pin them together. ``batchnorm=True`` normalises
+the hidden layers (``batchnorm.py``) and leaves this layout unchanged.
 """
 from __future__ import annotations
 
