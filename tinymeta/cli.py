@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option of the algorithm's Config, repeatable; see the list below (default: none)")
     for option, field, kind, text in TRAIN_OPTIONS:
         extra = {"choices": CHOICES[field]} if field in CHOICES else {}
-        extra.update({"action": "store_const", "const": True} if kind is bool else {"type": kind})  # a flag: None or True
+        # a bool option is a flag: None (TrainConfig's default) unless given
+        extra.update({"action": "store_const", "const": True} if kind is bool else {"type": kind})
         p.add_argument(option, dest=field, help=f"{text} (default: {_field_default(field)})", **extra)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
