@@ -59,9 +59,9 @@ def _cmd_gradcheck(args) -> int:
     from . import gradcheck
 
     rows = gradcheck.engine_report(sizes=args.sizes, seed=args.seed, tol=args.tol)
-    header = ("quantity", "activation", "loss", "dtype", "backend", "rel. error", "tolerance", "result")
-    table = [header] + [(r.quantity, r.activation, r.loss, r.dtype, r.backend, f"{r.rel_error:.2e}",
-                         f"{r.tol:.0e}", "pass" if r.passed else "FAIL") for r in rows]
+    header = ("quantity", "activation", "loss", "batchnorm", "dtype", "backend", "rel. error", "tolerance", "result")
+    table = [header] + [(r.quantity, r.activation, r.loss, "yes" if r.batchnorm else "no", r.dtype, r.backend,
+                         f"{r.rel_error:.2e}", f"{r.tol:.0e}", "pass" if r.passed else "FAIL") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for k, row in enumerate(table):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -89,6 +89,7 @@ TRAIN_OPTIONS = [
     ("--clip-norm", "clip_norm", float, "clip the meta-gradient's global norm to this"),
     ("--hidden", "hidden", _ints, "hidden layer widths, comma-separated"),
     ("--activation", "activation", str, "hidden activation: relu, tanh, sigmoid, softplus"),
+    ("--batchnorm", "batchnorm", bool, "normalise each hidden layer with the batch's own statistics"),
     ("--init", "init", str, "theta's init scheme (algorithm: the algorithm's own init_params)"),
     ("--dtype", "dtype", str, "floating type"),
     ("--backend", "backend", str, "engine backend"),
@@ -285,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option of the algorithm's Config, repeatable; see the list below (default: none)")
     for option, field, kind, text in TRAIN_OPTIONS:
         extra = {"choices": CHOICES[field]} if field in CHOICES else {}
-        p.add_argument(option, dest=field, type=kind, help=f"{text} (default: {_field_default(field)})", **extra)
+        # a bool option is a flag: None (TrainConfig's default) unless given
+        extra.update({"action": "store_const", "const": True} if kind is bool else {"type": kind})
+        p.add_argument(option, dest=field, help=f"{text} (default: {_field_default(field)})", **extra)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     p.set_defaults(run=_cmd_train)
