@@ -127,7 +127,8 @@ def run_spec(out_dir, spec: RunSpec, progress=False, should_stop=None) -> dict:
     _, _, iteration, _ = load_run(run_dir)
     for shots in spec.eval_shots:
         e = runs.read_evaluation(run_dir, shots)
-        if e is None or e["iteration"] != iteration or e["n_tasks"] != spec.config.eval_tasks:
+        if (e is None or e["iteration"] != iteration or e["n_tasks"] != spec.config.eval_tasks
+                or "median" not in e):
             e = runs.evaluate_run(run_dir, shots=shots)
         result["evaluations"][shots] = e
     if TEST_SHOTS in spec.eval_shots and not (run_dir / "training_curve.png").exists():
