@@ -48,6 +48,39 @@ def atomic_write(path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def _temporary_pid(name: str, target: str):
+    """The writer's pid if ``name`` is a temporary of ``atomic_write`` for ``target``, else None."""
+    prefix = f".{target}."
+    parts = name[len(prefix):].split(".") if name.startswith(prefix) and name.endswith(".tmp") else []
+    return int(parts[0]) if len(parts) == 3 and parts[0].isdigit() else None
+
+
+def remove_stale_temporaries(directory, targets) -> list:
+    """Delete the temporaries ``atomic_write`` left in ``directory`` for ``targets`` (file names)
+    when their writer was killed mid-write (SIGKILL, power loss); return the paths removed.
+
+    A temporary whose writer is still alive is kept.
+    """
+    removed = []
+    for entry in os.scandir(directory):
+        pid = next((p for t in targets if (p := _temporary_pid(entry.name, t)) is not None), None)
+        if pid is None or (pid != os.getpid() and _alive(pid)):
+            continue
+        os.unlink(entry.path)
+        removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def write_json(path, obj) -> None:
     """``obj`` as indented JSON, written atomically."""
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

@@ -132,6 +132,8 @@ class _StopRequest:
 
 def _prepare(run_dir: Path, config, resume: bool, overwrite: bool):
     path = run_dir / CHECKPOINT
+    if run_dir.is_dir():  # a writer killed mid-write leaves its temporary; the target itself is whole
+        checkpoint.remove_stale_temporaries(run_dir, OUTPUTS)
     if resume:
         if not path.exists():
             raise FileNotFoundError(f"resume needs a checkpoint, and {path} does not exist")
@@ -165,7 +167,16 @@ def read_log(run_dir) -> list:
     if not path.exists():
         return []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for k, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if k == len(lines) - 1 and not line.endswith("\n"):  # torn by a kill mid-write: never checkpointed
+                break
+            raise ValueError(f"{path} line {k + 1} is not a JSON record ({err}); the log is corrupted") from None
+    return records
 
 
 def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite=False, until=None,
