@@ -137,8 +137,7 @@ def _prepare(run_dir: Path, config, resume: bool, overwrite: bool):
     if resume:
         if not path.exists():
             raise FileNotFoundError(f"resume needs a checkpoint, and {path} does not exist")
-        state = checkpoint.load(path)
-        saved = TrainConfig.from_dict(state["config"])
+        state, saved = _load_checked(path)
         if config is not None and config != saved:
             raise ValueError(f"config differs from the one saved in {path}; resume takes the saved one "
                              f"(pass config=None), or start a new run")
@@ -159,6 +158,23 @@ def _prepare(run_dir: Path, config, resume: bool, overwrite: bool):
     params, opt_state, rng = init_state(config)
     scalars = {"iteration": 0, "seconds": 0.0, "loss_sum": 0.0, "loss_count": 0, "grad_norm": 0.0}
     return config, {"params": params, "opt_state": opt_state, "rng": rng, "scalars": scalars}
+
+
+def _load_checked(path):
+    """``(state, config)`` of a verified checkpoint whose arrays fit its own config's network."""
+    state = checkpoint.load(path)
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as err:
+        raise checkpoint.CorruptCheckpoint(f"{path} holds an invalid config: {err}") from None
+    params, opt_state, _ = init_state(config)
+    checkpoint.check_like(state, params, opt_state, path)
+    scalars = state["scalars"]
+    it = scalars.get("iteration") if isinstance(scalars, dict) else None
+    if (isinstance(it, bool) or not isinstance(it, int) or not 0 <= it <= config.iterations
+            or not all(isinstance(scalars.get(k), (int, float)) for k in ("seconds", "loss_sum", "loss_count"))):
+        raise checkpoint.CorruptCheckpoint(f"{path} holds invalid counters {scalars!r}")
+    return state, config
 
 
 def read_log(run_dir) -> list:
@@ -284,8 +300,8 @@ def load_run(run_dir):
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} holds no checkpoint ({CHECKPOINT}); train a run there first")
-    state = checkpoint.load(path)
-    return (TrainConfig.from_dict(state["config"]), state["params"], state["scalars"]["iteration"],
+    state, config = _load_checked(path)
+    return (config, state["params"], state["scalars"]["iteration"],
             state["scalars"]["seconds"])
 
 
