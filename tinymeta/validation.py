@@ -59,8 +59,11 @@ def as_float_array(x, name: str, dtype, shape: tuple, finite: bool = True) -> np
     return a
 
 
-def as_labels(y, name: str, n: int, n_classes: int) -> np.ndarray:
-    """Check integer class labels of shape ``(n,)`` in ``0..n_classes-1``; return int64."""
+def as_labels(y, name: str, n: int, n_classes: int, source: str = "") -> np.ndarray:
+    """Check integer class labels of shape ``(n,)`` in ``0..n_classes-1``; return int64.
+
+    ``source``, e.g. " (the classes of y_support)", says where ``n_classes`` came from.
+    """
     a = _as_array(y, name)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class labels, got dtype {a.dtype}")
@@ -68,7 +71,7 @@ def as_labels(y, name: str, n: int, n_classes: int) -> np.ndarray:
         raise ValueError(f"{name} must have shape ({n},) (one label per row of X), got {a.shape}")
     if n and (a.min() < 0 or a.max() >= n_classes):
         raise ValueError(
-            f"{name} must hold labels in 0..{n_classes - 1}, got values from {a.min()} to {a.max()}"
+            f"{name} must hold labels in 0..{n_classes - 1}, got values from {a.min()} to {a.max()}{source}"
         )
     return np.ascontiguousarray(a, dtype=np.int64)
 

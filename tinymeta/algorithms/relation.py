@@ -36,6 +36,7 @@ from .. import validation as val
 from ..nn import MLP
 from ..nn.activations import sigmoid
 from . import embedding as emb
+from . import protocol
 
 NAME = "relation"
 CLASS_EMBEDDINGS = ("sum", "mean")
@@ -115,6 +116,7 @@ def embedding_loss_and_grad(g, phi, E_support, y_support, E_query, y_query, n_wa
 # ------------------------------------------------ through the embedding net
 def check_params(net, g, params):
     """``(theta, phi)`` validated against ``net`` and ``g``."""
+    params = protocol.check_params(params, ("theta", "phi"))
     return (val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,)),
             val.as_float_array(params["phi"], "params['phi']", g.dtype, (g.n_params,)))
 
@@ -140,7 +142,7 @@ def loss_and_grad(net, params, X_support, y_support, X_query, y_query, config=Co
 
     Shapes as in ``protonet.loss_and_grad``; ``g = relation_net(net, config)``.
     """
-    g = relation_net(net, config)
+    g = relation_net(net, protocol.check_config(config, Config))
     return _episode(net, g, check_params(net, g, params), X_support, y_support, X_query, y_query,
                     config.class_embedding)[:2]
 

@@ -36,6 +36,7 @@ import numpy as np
 from .. import validation as val
 from ..nn.activations import sigmoid, softplus
 from . import embedding as emb
+from . import protocol
 
 NAME = "siamese"
 
@@ -109,6 +110,7 @@ def match_probabilities(E_support, E_query, w, b):
 # ------------------------------------------------ through the embedding net
 def check_params(net, params):
     """``(theta, w, b)`` validated against ``net``: shapes ``(P,)``, ``(D,)``, ``(1,)``."""
+    params = protocol.check_params(params, ("theta", "w", "b"))
     return (val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,)),
             val.as_float_array(params["w"], "params['w']", net.dtype, (net.sizes[-1],)),
             val.as_float_array(params["b"], "params['b']", net.dtype, (1,)))
