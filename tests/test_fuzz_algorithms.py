@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import tinymeta as tm
@@ -241,9 +241,12 @@ def test_malformed_input_gives_a_correct_result_or_a_named_error(name, seed, whi
         except (ValueError, TypeError) as err:
             assert named in str(err), \
                 f"{name}: {type(err).__name__} does not name {target!r} (corruption {how!r}): {err}"
+            event(f"refused with {type(err).__name__}")
             return
-        except entry.errors:
+        except entry.errors as err:
+            event(f"refused with {type(err).__name__}")
             return
+    event("accepted: checked against a clean copy")
     assert how not in ("tuple", "missing key"), f"{name}: {how} {target} was accepted"
     clean = {k: _clean(v, valid.get(k)) for k, v in args.items()}
     same = _outputs(entry.call(entry.net, clean))  # layout and container must not change a single bit
@@ -257,3 +260,88 @@ def test_malformed_input_gives_a_correct_result_or_a_named_error(name, seed, whi
             np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
     grads = [g for g in got if np.ndim(g) == 1]
     assert any(np.shape(g) == np.shape(valid.get("theta", valid.get("params['theta']"))) for g in grads)
+
+
+# ------------------------------------------------ predict: the training-loop protocol's test-time entry
+def _predict_case(module, net, config, d_in=None, metric=False):
+    def valid(rng):
+        params = module.init_params(net, rng, config)
+        if metric:
+            task = _episode(rng)
+            task.pop("y_query")
+        else:
+            b = _task_batch(rng, net, d_in or net.sizes[0], T=1)
+            task = {k: v[0] for k, v in b.items() if k != "y_query"}
+        return {**{f"params['{k}']": v for k, v in params.items()}, **task, "steps": 2}
+
+    keys = tuple(module.init_params(net, np.random.default_rng(0), config))
+    return module, net, config, valid, keys, metric
+
+
+PREDICT = {
+    "maml": _predict_case(maml, GRAD_NET, maml.Config(inner_lr=0.05)),
+    "maml_xent": _predict_case(maml, XENT_NET, maml.Config(inner_lr=0.1)),
+    "metasgd": _predict_case(metasgd, GRAD_NET, metasgd.Config()),
+    "anil": _predict_case(anil, GRAD_NET, anil.Config()),
+    "cavia": _predict_case(cavia, CAVIA_NET, cavia.Config(n_context=2, inner_lr=0.5), d_in=2),
+    "imaml": _predict_case(imaml, GRAD_NET, imaml.Config()),
+    "reptile": _predict_case(reptile, GRAD_NET, reptile.Config(inner_steps=2)),
+    "protonet": _predict_case(protonet, EMBED_NET, protonet.Config(), metric=True),
+    "matching": _predict_case(matching, EMBED_NET, matching.Config(), metric=True),
+    "matching_fce": _predict_case(matching_fce, EMBED_NET, matching_fce.Config(), metric=True),
+    "siamese": _predict_case(siamese, EMBED_NET, siamese.Config(), metric=True),
+    "relation": _predict_case(relation, EMBED_NET, relation.Config(), metric=True),
+}
+
+
+def _predict(module, net, config, a, keys):
+    params = {k: a[f"params['{k}']"] for k in keys if f"params['{k}']" in a}
+    return module.predict(net, params, a["X_support"], a["y_support"], a["X_query"], a["steps"],
+                          a.get("config", config))
+
+
+@pytest.mark.parametrize("name", sorted(PREDICT))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(seed=st.integers(0, 2**32 - 1), which=st.integers(0, 63), pick=st.integers(0, 63))
+def test_predict_gives_a_correct_result_or_a_named_error(name, seed, which, pick):
+    module, net, config, valid_args, keys, metric = PREDICT[name]
+    rng = np.random.default_rng(seed)
+    args = valid_args(rng)
+    valid = dict(args)
+    labels = metric or net.loss_name == "xent"
+    arrays = [f"params['{k}']" for k in keys] + ["X_support", "X_query"] + ([] if labels else ["y_support"])
+    targets = arrays + (["y_support"] if labels else []) + ["steps", "params", "config"]
+    target = targets[which % len(targets)]
+    if target in arrays:
+        how = ARRAY_CORRUPTIONS[pick % len(ARRAY_CORRUPTIONS)]
+        args[target] = _corrupt_array(args[target], how, rng)
+    elif target == "y_support":
+        how = LABEL_CORRUPTIONS[pick % len(LABEL_CORRUPTIONS)]
+        args[target] = _corrupt_array(args[target], how, rng)
+    elif target == "steps":
+        choices = BAD_COUNTS + GOOD_SCALARS["count"]
+        how = args[target] = choices[pick % len(choices)]
+    elif target == "config":
+        how, args["config"] = "a dict for a Config", dataclasses.asdict(config)
+    else:
+        key = keys[pick % len(keys)]
+        how, target = "missing key", f"'{key}'"
+        del args[f"params['{key}']"]
+    named = target.split("'")[1] if target.startswith("params[") else target
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            got = _predict(module, net, config, args, keys)
+        except (ValueError, TypeError) as err:
+            assert named in str(err), f"{name}: {type(err).__name__} does not name {target!r} ({how!r}): {err}"
+            event(f"refused with {type(err).__name__}")
+            return
+    event("accepted: checked against a clean copy")
+    assert how not in ("missing key", "a dict for a Config"), f"{name}: {how} was accepted"
+    clean = {k: _clean(v, valid.get(k)) for k, v in args.items()}
+    same = _predict(module, net, config, clean, keys)
+    n_q = np.shape(clean["X_query"])[0]
+    steps = int(clean["steps"])
+    want_shape = (1, n_q, int(np.max(clean["y_support"])) + 1) if metric else (steps + 1, n_q, net.sizes[-1])
+    assert got.shape == want_shape and np.isfinite(got).all(), f"{name}: {how} {target}: {got.shape}"
+    np.testing.assert_array_equal(got, same)

@@ -224,6 +224,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Mean FCE matching loss over the episodes and its gradients ``{"theta", "phi"}``."""
+    protocol.check_config(config, Config)
     checked = check_params(net, params)
     return emb.batch_mean(lambda *episode: _episode(net, checked, config, *episode), batch)
 
@@ -231,6 +232,7 @@ def meta_step(net, params, batch, config):
 def predict(net, params, X_support, y_support, X_query, steps, config):
     """Label distribution ``P``, shape ``(1, n_q, N)``: no adaptation, ``steps`` unused."""
     emb.check_steps(steps)
+    protocol.check_config(config, Config)
     theta, phi = check_params(net, params)
     Xs, ys, Xq, _, n_way = emb.check_episode(net, X_support, y_support, X_query)
     G, F, _ = context_embeddings(phi, *emb.embed(net, theta, Xs, Xq), config.processing_steps)

@@ -157,7 +157,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Mean relation loss over the episodes and its gradients ``{"theta", "phi"}``."""
-    g = relation_net(net, config)
+    g = relation_net(net, protocol.check_config(config, Config))
     checked = check_params(net, g, params)
     return emb.batch_mean(lambda *ep: _episode(net, g, checked, *ep, config.class_embedding), batch)
 
@@ -165,7 +165,7 @@ def meta_step(net, params, batch, config):
 def predict(net, params, X_support, y_support, X_query, steps, config):
     """Relation scores ``r``, shape ``(1, n_q, N)``: no adaptation, ``steps`` unused."""
     emb.check_steps(steps)
-    g = relation_net(net, config)
+    g = relation_net(net, protocol.check_config(config, Config))
     theta, phi = check_params(net, g, params)
     Xs, ys, Xq, _, n_way = emb.check_episode(net, X_support, y_support, X_query)
     _check_balanced(ys, config.class_embedding)
