@@ -277,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     for option, field, kind, text in TRAIN_OPTIONS:
         extra = {"choices": CHOICES[field]} if field in CHOICES else {}
         p.add_argument(option, dest=field, type=kind, help=f"{text} (default: {_field_default(field)})", **extra)
+    p.add_argument("--clip-grad", dest="clip_norm", type=float, help="the same as --clip-norm")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     p.set_defaults(run=_cmd_train)

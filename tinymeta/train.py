@@ -90,14 +90,16 @@ def init_state(config: TrainConfig):
     return params, make_optimizer(config).init(params), data_rng
 
 
+DIVERGENCE_HINT = ("Hint: lower the outer learning rate (--outer-lr) or the algorithm's inner step size "
+                   "(--set inner_lr=...), or clip the meta-gradient's norm (--clip-norm).")
+
+
 def _last_good(run_dir, last_saved):
     return f"{run_dir / CHECKPOINT} (iteration {last_saved})" if last_saved is not None else "none was saved"
 
 
 def _check_finite(iteration, loss, grads, params, run_dir, last_saved):
-    where = _last_good(run_dir, last_saved)
-    hint = ("Hint: lower the outer learning rate or the algorithm's inner step size, or clip the "
-            "meta-gradient (clip_norm).")
+    where, hint = _last_good(run_dir, last_saved), DIVERGENCE_HINT
     problems = [] if math.isfinite(loss) else [f"the meta-loss is {loss}"]
     for kind, arrays in (("meta-gradient", grads), ("parameter", params)):
         problems += [f"the {kind} {k!r} has {int(np.size(v) - np.isfinite(v).sum())} non-finite entries"
@@ -249,17 +251,29 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
                 t = sc["iteration"]
                 batch = task.module.sample(rng, config.meta_batch, config.shots, config.query, config.dtype).batch
                 try:
-                    loss, grads = module.meta_step(net, params, batch, algo_config)
+                    with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are caught below
+                        loss, grads = module.meta_step(net, params, batch, algo_config)
+                except FloatingPointError as err:  # finite params and tasks, non-finite values inside the step
+                    raise TrainingDiverged(f"training stopped at iteration {t + 1}: {config.algo}'s meta_step "
+                                           f"diverged inside (its inner adaptation or meta-gradient overflowed): "
+                                           f"{err}. Last good checkpoint: {_last_good(run_dir, last_saved)}. "
+                                           f"{DIVERGENCE_HINT}") from err
                 except RuntimeError as err:  # e.g. an inner solver that did not converge
                     raise TrainingStopped(f"training stopped at iteration {t + 1}: {config.algo}'s meta_step "
                                           f"raised {type(err).__name__}: {err}. Last good checkpoint: "
                                           f"{_last_good(run_dir, last_saved)}.") from err
                 loss = float(loss)
                 _check_finite(t + 1, loss, grads, {}, run_dir, last_saved)
-                sc["grad_norm"] = optim.global_norm(grads)
-                if config.clip_norm is not None:
-                    grads = optim.clip_by_global_norm(grads, config.clip_norm)
-                params, opt_state = opt.update(params, grads, opt_state, lr=learning_rate(config, t))
+                with np.errstate(over="ignore", invalid="ignore"):
+                    sc["grad_norm"] = optim.global_norm(grads)
+                    if not math.isfinite(sc["grad_norm"]):  # finite entries whose squares overflow
+                        raise TrainingDiverged(
+                            f"training stopped at iteration {t + 1}: the meta-gradient's norm overflowed (largest "
+                            f"entry {max(float(np.abs(g).max()) for g in grads.values()):.3g}). Last good "
+                            f"checkpoint: {_last_good(run_dir, last_saved)}. {DIVERGENCE_HINT}")
+                    if config.clip_norm is not None:
+                        grads = optim.clip_by_global_norm(grads, config.clip_norm)
+                    params, opt_state = opt.update(params, grads, opt_state, lr=learning_rate(config, t))
                 _check_finite(t + 1, loss, {}, params, run_dir, last_saved)
                 sc["iteration"], sc["loss_sum"], sc["loss_count"] = t + 1, sc["loss_sum"] + loss, sc["loss_count"] + 1
                 sc["seconds"] = time.perf_counter() - start

@@ -26,12 +26,21 @@ def _as_array(x, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be an array, could not convert {_describe(x)}: {err}") from None
 
 
+class NonFiniteError(ValueError, FloatingPointError):
+    """An array that must be finite holds NaN or infinity.
+
+    A ``ValueError`` (bad input to a public function) and a ``FloatingPointError``:
+    when the input was computed -- a training step that diverged and fed the
+    engine non-finite parameters -- the training loop reports it as a divergence.
+    """
+
+
 def check_finite(a: np.ndarray, name: str) -> None:
-    """Raise ``ValueError`` if ``a`` holds NaN or infinity, naming the first one."""
+    """Raise ``NonFiniteError`` (a ``ValueError``) if ``a`` holds NaN or infinity, naming the first one."""
     if a.size and not np.isfinite(a).all():
         bad = np.argwhere(~np.isfinite(a))
         first = tuple(int(i) for i in bad[0])
-        raise ValueError(
+        raise NonFiniteError(
             f"{name} must be finite, got {len(bad)} non-finite value(s) "
             f"(first {a[first]} at index {first if a.ndim > 1 else first[0]})"
         )
