@@ -219,3 +219,19 @@ def test_the_package_never_unpickles():
                     assert "allow_pickle" in flags and isinstance(flags["allow_pickle"], ast.Constant) \
                         and flags["allow_pickle"].value is False, f"{source}:{node.lineno}"
     assert loads >= 2  # the checkpoint and the Omniglot cache
+
+
+def test_a_checkpoint_written_before_checksums_still_loads_but_a_damaged_one_does_not(run, tmp_path):
+    """Runs trained before checksums existed stay usable; the zip's CRC-32 still catches damage."""
+    _, raw = run
+    with np.load(io.BytesIO(raw), allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if k != "checksum"}
+    path = tmp_path / "checkpoint.npz"
+    np.savez(path, **arrays)
+    assert _same(checkpoint.load(path), checkpoint.load(run[0] / "checkpoint.npz"))
+    legacy = bytearray(path.read_bytes())
+    offset = legacy.find(arrays["param/theta"].tobytes())
+    legacy[offset + 3] ^= 0x10  # a bit of theta: only the CRC-32 can tell
+    path.write_bytes(bytes(legacy))
+    with pytest.raises(CorruptCheckpoint, match="corrupted or truncated"):
+        checkpoint.load(path)

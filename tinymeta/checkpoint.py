@@ -7,7 +7,8 @@ A checkpoint is one ``.npz`` (read with ``allow_pickle=False``) holding
 * ``rng``: the data generator's ``bit_generator.state`` as JSON text;
 * ``config``: the full run configuration as JSON text;
 * ``scalars``: JSON text of the loop's counters (iteration, wall time, running sums);
-* ``checksum``: the SHA-256 of every other entry (name, dtype, shape and bytes), checked on load.
+* ``checksum``: the SHA-256 of every other entry (name, dtype, shape and bytes), checked on load
+  (checkpoints written before it existed are read with the zip's CRC-32 as their only check).
 
 Loading refuses, with a ``CorruptCheckpoint`` (a ``ValueError``) naming the
 file and what is wrong, a truncated or bit-flipped file (the zip's CRC or the
@@ -33,7 +34,7 @@ import zlib
 import numpy as np
 
 # Bit generators a checkpoint may name; loading never looks up anything else.
-FIELDS = ("rng", "config", "scalars", "checksum")
+FIELDS = ("rng", "config", "scalars")  # and "checksum", but for checkpoints written before it existed
 BIT_GENERATORS = {name: getattr(np.random, name) for name in ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")}
 
 
@@ -188,8 +189,10 @@ def load(path) -> dict:
     missing = sorted(set(FIELDS) - set(arrays))
     if missing:
         raise CorruptCheckpoint(f"{path} is not a tinymeta checkpoint: missing {missing}")
-    stored = str(arrays.pop("checksum"))
-    if checksum(arrays) != stored:
+    # Checkpoints of tinymeta 0.1 before checksums: the zip's CRC-32 per entry (checked by the reader
+    # above) is their only check; every checkpoint written now carries the SHA-256.
+    stored = str(arrays.pop("checksum")) if "checksum" in arrays else None
+    if stored is not None and checksum(arrays) != stored:
         raise CorruptCheckpoint(f"{path} fails its checksum (stored {stored[:12]}..., computed "
                                 f"{checksum(arrays)[:12]}...): the file was altered or damaged after it was "
                                 f"written; resume from a copy or start the run again with --overwrite")
