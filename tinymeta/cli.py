@@ -42,6 +42,15 @@ def _ints(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 40,40, got {text!r}")
 
 
+def _budget(text: str) -> tuple:
+    from .reproduce import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+
+
 def _names(text: str) -> tuple:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
@@ -50,9 +59,9 @@ def _cmd_gradcheck(args) -> int:
     from . import gradcheck
 
     rows = gradcheck.engine_report(sizes=args.sizes, seed=args.seed, tol=args.tol)
-    header = ("quantity", "activation", "loss", "dtype", "backend", "rel. error", "tolerance", "result")
-    table = [header] + [(r.quantity, r.activation, r.loss, r.dtype, r.backend, f"{r.rel_error:.2e}",
-                         f"{r.tol:.0e}", "pass" if r.passed else "FAIL") for r in rows]
+    header = ("quantity", "activation", "loss", "batchnorm", "dtype", "backend", "rel. error", "tolerance", "result")
+    table = [header] + [(r.quantity, r.activation, r.loss, "yes" if r.batchnorm else "no", r.dtype, r.backend,
+                         f"{r.rel_error:.2e}", f"{r.tol:.0e}", "pass" if r.passed else "FAIL") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for k, row in enumerate(table):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -80,6 +89,7 @@ TRAIN_OPTIONS = [
     ("--clip-norm", "clip_norm", float, "clip the meta-gradient's global norm to this"),
     ("--hidden", "hidden", _ints, "hidden layer widths, comma-separated"),
     ("--activation", "activation", str, "hidden activation: relu, tanh, sigmoid, softplus"),
+    ("--batchnorm", "batchnorm", bool, "normalise each hidden layer with the batch's own statistics"),
     ("--init", "init", str, "theta's init scheme (algorithm: the algorithm's own init_params)"),
     ("--dtype", "dtype", str, "floating type"),
     ("--backend", "backend", str, "engine backend"),
@@ -233,7 +243,7 @@ def _cmd_reproduce(args) -> int:
 
     try:
         path = reproduce_sinusoid(args.out, algorithms=args.algorithms, seeds=args.seeds, iterations=args.iterations,
-                                  eval_tasks=args.eval_tasks, val_tasks=args.val_tasks, jobs=args.jobs,
+                                  budgets=args.budget, eval_tasks=args.eval_tasks, val_tasks=args.val_tasks, jobs=args.jobs,
                                   on_result=done, command=" ".join(["tinymeta", *args.argv]))
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished runs and checkpoints are kept in {args.out}. "
@@ -276,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option of the algorithm's Config, repeatable; see the list below (default: none)")
     for option, field, kind, text in TRAIN_OPTIONS:
         extra = {"choices": CHOICES[field]} if field in CHOICES else {}
-        p.add_argument(option, dest=field, type=kind, help=f"{text} (default: {_field_default(field)})", **extra)
+        # a bool option is a flag: None (TrainConfig's default) unless given
+        extra.update({"action": "store_const", "const": True} if kind is bool else {"type": kind})
+        p.add_argument(option, dest=field, help=f"{text} (default: {_field_default(field)})", **extra)
     p.add_argument("--clip-grad", dest="clip_norm", type=float, help="the same as --clip-norm")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
@@ -300,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/reproduce-sinusoid"), help="output directory (resumable)")
     p.add_argument("--iterations", type=int, default=70_000, help="meta-iterations per run (70000 in the paper)")
     p.add_argument("--seeds", type=_ints, default="0,1,2", help="training seeds, comma-separated")
+    p.add_argument("--budget", type=_budget, action="append", default=[], metavar="ALGO=N[xS]",
+                   help="give ALGO N iterations (and only the first S seeds) instead of the protocol's, "
+                        "for the slow ones on a small machine; repeatable; the report says so")
     p.add_argument("--algorithms", type=_names, default=None,
                    help=f"comma-separated subset of {','.join(sorted(registry.ALGORITHMS))} (default: all of them)")
     p.add_argument("--eval-tasks", type=int, default=600, help="fixed test tasks")

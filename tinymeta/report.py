@@ -54,7 +54,7 @@ def _order(algos):
 
 def write_sinusoid_report(out_dir: Path, specs, results, seconds, jobs, command) -> Path:
     """Write ``out_dir/REPRODUCTION.md`` and its figures; return the report's path."""
-    config = specs[0].config
+    config = max((s.config for s in specs), key=lambda c: (c.iterations, c.algo == "maml"))
     main = _collect(results, TEST_SHOTS, train_shots=10)
     seeds = sorted({s.config.seed for s in specs})
     smoke = config.iterations < 70_000
@@ -62,6 +62,16 @@ def write_sinusoid_report(out_dir: Path, specs, results, seconds, jobs, command)
     if smoke:
         lines += [f"**Smoke run: {config.iterations} meta-iterations instead of the protocol's 70 000. "
                   "These numbers test the pipeline, not the papers.**", ""]
+    reduced = {}
+    for algo in {s.config.algo for s in specs}:
+        mine = [s.config for s in specs if s.config.algo == algo]
+        its, n_seeds = min(c.iterations for c in mine), len({c.seed for c in mine})
+        if its < config.iterations or n_seeds < len(seeds):
+            reduced[algo] = (its, n_seeds)
+    if reduced:
+        lines += ["**Reduced budgets** (to fit this machine; these rows are not the full protocol): "
+                  + "; ".join(f"{a}: {its} iterations, {n} seed{'s' * (n != 1)}" for a, (its, n) in sorted(reduced.items()))
+                  + ".", ""]
     lines += [f"Command: `{command}`  ", f"tinymeta {__version__}, Python {platform.python_version()}, "
               f"{os.cpu_count()} cores, {jobs} run(s) at a time; total wall time {seconds / 60:.1f} min.", "",
               "## Protocol", "",
