@@ -289,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         # a bool option is a flag: None (TrainConfig's default) unless given
         extra.update({"action": "store_const", "const": True} if kind is bool else {"type": kind})
         p.add_argument(option, dest=field, help=f"{text} (default: {_field_default(field)})", **extra)
+    p.add_argument("--clip-grad", dest="clip_norm", type=float, help="the same as --clip-norm")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     p.set_defaults(run=_cmd_train)
@@ -323,15 +324,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Numeric options checked after parsing, for whichever command has them: dest -> smallest value allowed.
+MINIMA = {"iterations": 1, "eval_tasks": 1, "val_tasks": 1, "jobs": 1, "shots": 1, "steps": 0, "tasks": 1,
+          "seed": 0, "seeds": 0}
+
+
+def check_args(args) -> None:
+    """Refuse out-of-range numbers naming the option (``--jobs must be >= 1, got 0``) before any work."""
+    for dest, minimum in MINIMA.items():
+        value = getattr(args, dest, None)
+        for v in (value if isinstance(value, tuple) else () if value is None else (value,)):
+            if v < minimum:
+                raise ValueError(f"--{dest.replace('_', '-')} must be >= {minimum}, got {v}")
+    tol = getattr(args, "tol", None)
+    if tol is not None and not (tol > 0 and tol != float("inf")):
+        raise ValueError(f"--tol must be a finite number > 0, got {tol}")
+
+
+def _name_option(message: str) -> str:
+    """Prefix a TrainConfig error ("outer_lr must be > 0 ...") with its option ("--outer-lr: ")."""
+    options = {field: option for option, field, _, _ in TRAIN_OPTIONS}
+    field = message.split(" ", 1)[0]
+    return f"{options[field]}: {message}" if field in options and message.startswith(f"{field} must") else message
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
     try:
+        check_args(args)
         return args.run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        parser.exit(2, f"tinymeta {args.command}: error: {err}\n")
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
+        parser.exit(2, f"tinymeta {args.command}: error: {_name_option(str(err))}\n")
+    except KeyboardInterrupt:  # outside the training loop, which saves and returns on its own
+        parser.exit(EXIT_INTERRUPTED, f"\ntinymeta {args.command}: interrupted\n")
 
 
 if __name__ == "__main__":
