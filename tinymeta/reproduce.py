@@ -48,8 +48,8 @@ class RunSpec:
 
 def sinusoid_plan(algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_tasks=600, val_tasks=100) -> list:
     """The runs of the sinusoid protocol, deduplicated (MAML at K = 10 serves both tables)."""
-    available = [a for a in ALGORITHM_ORDER if a in registry.ALGORITHMS] + \
-                sorted(set(registry.ALGORITHMS) - set(ALGORITHM_ORDER))
+    regression = {name for name, a in registry.ALGORITHMS.items() if a.kind == "gradient"}  # not the metric learners
+    available = [a for a in ALGORITHM_ORDER if a in regression] + sorted(regression - set(ALGORITHM_ORDER))
     algorithms = available if algorithms is None else list(algorithms)
     for a in algorithms:
         registry.algorithm(a)
