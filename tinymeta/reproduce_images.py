@@ -215,7 +215,8 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
               "without its N-way head (784-256-128-64-64).",
               f"- Gradient-based learners: inner step alpha = "
               f"{registry.TASKS[source].algorithm_defaults['maml']['inner_lr']} on the mean cross-entropy (the "
-              "reference's 0.4 on its support-summed loss is 2.0 on a mean; without batch norm 2.0 diverges), "
+              "reference's 0.4 on its support-summed loss is 2.0 on a mean; without batch norm, repeated steps at "
+              "2.0 fall to chance, see registry.IMAGE_ALGORITHM_DEFAULTS), "
               "1 inner step and meta-batch 32 for 5-way, 5 steps and meta-batch 16 for 20-way; MAML, FOMAML and "
               "ANIL tested after 3 steps (5-way) or 5 (20-way) at the same alpha, Meta-SGD after 1; Reptile with "
               "inner Adam (1e-3, 5 steps), outer SGD 1.0 annealed to 0, 5 tasks per batch, tested after 50 steps.",
