@@ -58,6 +58,7 @@ def test_protocol_defaults_and_explicit_settings_win():
     p = TrainConfig(algo="protonet", task="glyphs")
     assert (p.train_ways, p.query, p.meta_batch, p.schedule, p.lr_step_every) == (60, 5, 1, "step", 2000)
     assert (p.eval_steps, p.test_steps) == (0, 0)
+    assert (TrainConfig(algo="relation", task="glyphs").meta_batch, TrainConfig(algo="siamese", task="glyphs").query) == (1, 5)
     assert TrainConfig(algo="protonet", task="glyphs", train_ways=30, query=2).train_ways == 30
     m = TrainConfig(algo="maml", task="glyphs", shots=5)
     assert (m.meta_batch, m.query, m.eval_shots, m.eval_query, m.test_steps) == (32, 5, 5, 15, 3)
@@ -156,3 +157,14 @@ def test_omniglot_from_the_shared_archives(tmp_path, split, n_train, n_test):
     assert family.split.test.n_classes == n_test
     assert train(tmp_path, config, progress=False).status == "finished"
     assert runs.evaluate_run(tmp_path)["n_tasks"] == 3
+
+
+def test_metric_learners_default_to_images_and_glyphs_without_archives(monkeypatch, tmp_path):
+    from tinymeta import cli_images
+
+    monkeypatch.delenv("TINYMETA_OMNIGLOT", raising=False)
+    monkeypatch.setenv("TINYMETA_CACHE", str(tmp_path))  # an empty cache: no archives anywhere
+    assert cli_images.default_task("protonet") == "glyphs" and cli_images.default_task("maml") == "sinusoid"
+    if HAVE_OMNIGLOT:
+        monkeypatch.setenv("TINYMETA_OMNIGLOT", str(SHARED))
+        assert cli_images.default_task("relation") == "omniglot"

@@ -179,6 +179,10 @@ IMAGE_ALGORITHM_DEFAULTS = {
 }
 for _metric in ("protonet", "matching", "matching_fce", "siamese", "relation"):
     IMAGE_ALGORITHM_DEFAULTS[_metric] = {"eval_steps": 0, "test_steps": 0}  # they do not adapt
+for _metric in ("matching", "matching_fce", "siamese", "relation"):
+    # one episode per update with 5 queries per class, as ProtoNet's protocol (Snell et al. 2017, 3.1) and
+    # Relation Nets' one episode per iteration (Sung et al. 2018); ours for Matching and Siamese
+    IMAGE_ALGORITHM_DEFAULTS[_metric].update(meta_batch=1, query=5)
 IMAGE_DEFAULTS = {
     "iterations": 60_000,  # Finn et al. reference code, Omniglot: --metatrain_iterations=60000
     "meta_batch": 32,  # Finn et al. 2017, section 5.2: 32 tasks for 5-way (16 for 20-way)

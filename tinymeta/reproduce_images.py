@@ -221,7 +221,8 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
               "ANIL tested after 3 steps (5-way) or 5 (20-way) at the same alpha, Meta-SGD after 1; Reptile with "
               "inner Adam (1e-3, 5 steps), outer SGD 1.0 annealed to 0, 5 tasks per batch, tested after 50 steps.",
               f"- ProtoNet: 60-way training episodes with 5 queries per class, one per update, Adam 1e-3 halved "
-              "every 2000 (Snell et al. 2017, section 3.1). Others: Adam 1e-3.",
+              "every 2000 (Snell et al. 2017, section 3.1). Matching Nets (with and without FCE), Siamese and "
+              "Relation Net: one N-way episode per update with 5 queries per class, Adam 1e-3.",
               f"- Meta-training: {first.iterations:,} iterations per run (the protocol: {PROTOCOL_ITERATIONS:,}); "
               f"training episodes have K query drawings per class (reference code).",
               f"- Test: {first.eval_tasks} fixed, seeded {source} test episodes per setting (the same for every "
