@@ -40,7 +40,6 @@ import numpy as np
 
 from .. import validation as val
 from . import episodes, glyphs, omniglot
-from .batch import TaskBatch
 from .images import ImageClasses, ImageSplit, with_rotations
 
 SOURCES = ("omniglot", "glyphs")
@@ -165,7 +164,3 @@ class ImageFamily:
         index = episodes.evaluation_index(data, self.ways, n_support, n_query, n_tasks, SPLIT_SEEDS[split])
         return ImageEpisodes(EpisodeStream(data, index, dtype), data, index)
 
-
-def is_stream(batch) -> bool:
-    """Whether ``batch`` is a stream of ``TaskBatch``es rather than one."""
-    return not isinstance(batch, TaskBatch)
