@@ -61,14 +61,17 @@ def training_curve(path, records, title="meta-training", val_step=None):
         for s, style in ((0, dict(color="#7f7f7f", marker="o", ms=3)), (step, dict(color="#d62728", marker="s", ms=3))):
             mean = np.array([np.nan if r["mean"][s] is None else r["mean"][s] for r in val])
             ci = np.array([np.nan if r["ci95"][s] is None else r["ci95"][s] for r in val])
-            vax.plot(it, mean, lw=1, label=f"validation {val[0]['metric'].upper()}, {s} step{'s' * (s != 1)}",
-                     **style)
+            metric = "accuracy" if accuracy else val[0]["metric"].upper()
+            vax.plot(it, mean, lw=1, label=f"validation {metric}, {s} step{'s' * (s != 1)}", **style)
             vax.fill_between(it, mean - ci, mean + ci, color=style["color"], alpha=0.15, lw=0)
             if step == 0:  # the metric learners: one curve
                 break
-    _plain_log_axis(ax)
+    if accuracy:  # cross-entropies stay within a decade: a linear axis reads better
+        ax.set_ylabel("meta-loss (cross-entropy)")
+    else:
+        _plain_log_axis(ax)
+        ax.set_ylabel("loss (log scale)")
     ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("loss (log scale)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     if accuracy:
