@@ -49,6 +49,7 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
     assert fresh.read_text() == "<!-- tinymeta:omniglot -->\nhello\n<!-- /tinymeta:omniglot -->\n"
 
 
+@pytest.mark.slow
 def test_a_tiny_reproduction_on_glyphs_fills_the_image_section(tmp_path):
     specs = rep.image_plan("glyphs", algorithms=["maml", "protonet"], settings=["5w1s"], iterations=2,
                            eval_tasks=6, val_tasks=3, hidden=(16,))
@@ -80,6 +81,7 @@ def test_cli_dry_run_prints_the_plan_and_an_estimate(capsys, tmp_path):
     assert "estimated wall time" in out and not (tmp_path / "R.md").exists()
 
 
+@pytest.mark.slow
 def test_cli_train_on_glyphs_end_to_end(capsys, tmp_path):
     run_dir = tmp_path / "run"
     args = ["train", "--algo", "protonet", "--task", "glyphs", "--ways", "5", "--shots", "1", "--train-ways", "10",

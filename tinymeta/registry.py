@@ -15,12 +15,13 @@ without its N-way head as their 784-256-128-64-64 embedding.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from types import ModuleType
 
 from .algorithms import anil, cavia, imaml, maml, matching, matching_fce, metasgd, protonet, relation, reptile, siamese
-from .tasks import episodes, sinusoid
+from .tasks import episodes, families, omniglot, sinusoid
 
 # Step sizes tried for the pretrained baseline's fine-tuning, chosen on the validation tasks
 # ("fine-tuning with gradient descent ... using an automatically tuned step size",
@@ -194,14 +195,10 @@ IMAGE_DEFAULTS = {
 
 
 def _image_family(source):
+    """``f(config)``: the ``ImageFamily`` of ``source`` ("omniglot" or "glyphs") that ``config`` asks for."""
     def make(config):
-        from .tasks import families
-
         root = config.data_root
-        if source == "omniglot" and root is None:
-            import os
-
-            from .tasks import omniglot
+        if source == "omniglot" and root is None:  # resolved here: load_split memoises by its arguments
             root = os.environ.get(omniglot.ENV_ROOT) or None
         split = families.load_split(source, config.split if source == "omniglot" else "maml", root, config.resize)
         return families.ImageFamily(split, config.ways, config.train_ways)
