@@ -12,12 +12,19 @@ steps; the score is the query MSE (regression) or accuracy
 A task *diverged* at step ``s`` when its prediction is not finite or its
 MSE exceeds ``DIVERGED_MSE``; such tasks are counted and reported, not
 averaged (REPRODUCTION-NOTES: one task must not turn the mean into inf).
+
+``batch`` is a ``TaskBatch`` or an iterable of them (the image families
+stream their fixed episodes a few at a time); classification episodes are
+scored by query accuracy, and ``predicted_labels`` gives the predictions
+themselves (for the confusion matrix and the episode plots).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from .tasks.batch import TaskBatch
 
 DIVERGED_MSE = 1e4  # far above any sinusoid's error (|y| <= 5): a task beyond it has diverged
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
@@ -28,8 +35,11 @@ def task_scores(net, module, params, config, batch, steps):
 
     ``"mse"`` nets: the mean over query points of the squared error summed
     over outputs (the engine's loss); ``"xent"`` nets: query accuracy.
-    NaN where the prediction is not finite.
+    NaN where the prediction is not finite. ``batch`` may be an iterable of ``TaskBatch``es.
     """
+    if not isinstance(batch, TaskBatch):
+        parts = [task_scores(net, module, params, config, b, steps) for b in batch]
+        return np.concatenate(parts) if parts else np.empty((0, steps + 1))
     scores = np.empty((batch.n_tasks, steps + 1))
     for i in range(batch.n_tasks):
         X_support, y_support, X_query, y_query = batch.task(i)
@@ -100,3 +110,30 @@ def evaluate(net, module, params, config, batch, steps):
     """``Summary`` of the algorithm's scores on ``batch`` after ``0..steps`` adaptation steps."""
     return summarize(task_scores(net, module, params, config, batch, steps),
                      "accuracy" if net.loss_name == "xent" else "mse")
+
+
+def predicted_labels(net, module, params, config, batch, steps):
+    """Predicted query labels of every episode after ``steps`` steps, shape ``(T, n_q)`` int64.
+
+    ``-1`` where the prediction is not finite. ``batch``: a ``TaskBatch`` or an iterable of them.
+    """
+    if not isinstance(batch, TaskBatch):
+        parts = [predicted_labels(net, module, params, config, b, steps) for b in batch]
+        return np.concatenate(parts)
+    labels = np.empty(batch.y_query.shape, dtype=np.int64)
+    for i in range(batch.n_tasks):
+        X_support, y_support, X_query, _ = batch.task(i)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = module.predict(net, params, X_support, y_support, X_query, steps, config)
+        last = out[min(steps, len(out) - 1)]  # the metric learners return one step whatever ``steps``
+        labels[i] = np.where(np.isfinite(last).all(axis=1), np.argmax(last, axis=1), -1)
+    return labels
+
+
+def confusion_matrix(y_true, y_pred, n_classes):
+    """Counts ``C[t, p]`` of queries of label ``t`` predicted ``p`` (non-finite predictions, -1, left out)."""
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    keep = y_pred >= 0
+    C = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(C, (y_true[keep], y_pred[keep]), 1)
+    return C

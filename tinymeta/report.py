@@ -184,3 +184,36 @@ def _figures(out_dir, main, results):
         names.append("sinusoid_adaptation.png")
         plots.adaptation(out_dir / names[-1], panels)
     return names
+
+
+def section_markers(name: str) -> tuple:
+    """The opening and closing markers of section ``name``: ``<!-- tinymeta:NAME -->``, ``<!-- /tinymeta:NAME -->``."""
+    if not isinstance(name, str) or not name or any(c in name for c in "<>- \n"):
+        raise ValueError(f"name must be a non-empty word without spaces, '<', '>' or '-', got {name!r}")
+    return f"<!-- tinymeta:{name} -->", f"<!-- /tinymeta:{name} -->"
+
+
+def write_section(path, name: str, text: str) -> Path:
+    """Put ``text`` between the markers of section ``name`` in the Markdown file ``path``.
+
+    The text between an existing pair of markers is replaced and everything
+    else is kept byte for byte; a missing section is appended (a missing
+    file is created). Several commands thus share one REPRODUCTION.md, each
+    owning its section. Raises ValueError if the markers are unbalanced.
+    The file is replaced atomically.
+    """
+    path = Path(path)
+    start, end = section_markers(name)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = f"{start}\n{text.strip()}\n{end}"
+    counts = (old.count(start), old.count(end))
+    if counts == (0, 0):
+        new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + block + "\n"
+    elif counts == (1, 1) and old.index(start) < old.index(end):
+        head, rest = old.split(start, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        raise ValueError(f"{path} must hold section {name!r} once, {start} before {end}; found {counts[0]} "
+                         f"opening and {counts[1]} closing markers")
+    atomic_write(path, new.encode("utf-8"))
+    return path
