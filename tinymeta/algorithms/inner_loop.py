@@ -148,7 +148,8 @@ def reference_predictions(model, theta, X_support, y_support, X_query, precond, 
     for _ in range(steps):
         if not np.all(np.isfinite(out[-1])):
             break
-        theta = theta - precond * model.loss_and_grad(theta, X_support, y_support)[1]
+        with np.errstate(over="ignore", invalid="ignore"):  # 0 * inf, overflow: a divergence, caught below
+            theta = theta - precond * model.loss_and_grad(theta, X_support, y_support)[1]
         if not np.all(np.isfinite(theta)):
             break
         out.append(model.forward(theta, X_query))

@@ -33,7 +33,7 @@ import numpy as np
 from .. import validation as val
 from ..nn.losses import softmax, xent_value_and_grad
 from . import embedding as emb
-from . import episode_batch
+from . import episode_batch, protocol
 
 NAME = "protonet"
 
@@ -165,6 +165,7 @@ def batch_loss_and_grad(net, theta, batch):
 
 def meta_step(net, params, batch, config):
     """Mean episode loss over the batch and its gradient ``{"theta": ...}`` (``batch_loss_and_grad``)."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     theta = val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,))
     loss, grad = batch_loss_and_grad(net, theta, batch)
     return loss, {"theta": grad}
@@ -177,4 +178,5 @@ def predict(net, params, X_support, y_support, X_query, steps, config):
     (validated, then unused), the prediction "after 0 steps".
     """
     emb.check_steps(steps)
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     return logits(net, params["theta"], X_support, y_support, X_query)[None]

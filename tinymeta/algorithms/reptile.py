@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import optim
 from .. import validation as val
-from . import inner_loop, meta_batch
+from . import inner_loop, meta_batch, protocol
 from .maml import check_inputs
 
 NAME = "reptile"
@@ -148,6 +148,7 @@ def init_params(net, rng, config):
 def meta_step(net, params, batch, config):
     r"""Mean query loss at the adapted parameters, and the update direction
     :math:`\frac1T \sum_i (\theta - \tilde\theta_i)` under the key ``"theta"``."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     theta, batch = check_inputs(net, params["theta"], batch)
     if _compiled(net, config):  # one compiled call for every task (meta_batch.batched_adapt)
         adapted, diverged_at, losses = meta_batch.batched_adapt(
@@ -176,11 +177,11 @@ def predict(net, params, X_support, y_support, X_query, steps, config):
     Stacked tasks (``X_support`` of shape ``(T, K, d_in)``) give ``(T, steps+1, Q, d_out)``;
     with plain full-batch SGD in one compiled call (``inner_loop.predictions``).
     """
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     theta = val.as_float_array(params["theta"], "theta", net.dtype, (net.n_params,))
     steps = val.check_int(steps, "steps", minimum=0)
     if np.ndim(X_support) == 3:
         if _compiled(net, config) and config.inner_batch_size in (None, np.shape(X_support)[1]):
-            X_support = val.as_float_array(X_support, "X_support", net.dtype, (None, None, net.sizes[0]))
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected just below
                 out = inner_loop.predictions(net, theta, X_support, y_support, X_query,
                                              np.full_like(theta, config.inner_lr), steps)
@@ -191,7 +192,7 @@ def predict(net, params, X_support, y_support, X_query, steps, config):
             return out
         return np.stack([predict(net, params, X_support[i], y_support[i], X_query[i], steps, config)
                          for i in range(len(X_support))])
-    X_support = val.as_float_array(X_support, "X_support", net.dtype, (None, net.sizes[0]))
+    X_support, y_support, X_query = protocol.check_task(net, X_support, y_support, X_query)
     out = []
     for theta_k in iterates(net, theta, X_support, np.asarray(y_support), config):
         out.append(net.forward(theta_k, X_query))
