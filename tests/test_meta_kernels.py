@@ -300,3 +300,13 @@ def test_bad_inputs_are_named_before_any_kernel_runs(rng):
     mse, theta2, batch2 = _problem((2, 5, 1), "tanh", "mse", rng, T=2)
     with pytest.raises(ValueError, match=r"y_support must have shape \(2, 5, 1\) for loss 'mse'"):
         meta_batch.predictions(mse, theta2, batch2.X_support, batch2.y_support[..., 0], batch2.X_query, theta2, 1)
+
+
+def test_predict_batch_refuses_other_algorithms_and_bad_params(rng):
+    from tinymeta.algorithms import batched_predict, protonet
+
+    net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng, T=2)
+    with pytest.raises(ValueError, match="module must be one of the algorithms"):
+        batched_predict.predict_batch(net, protonet, {"theta": theta}, protonet.Config(), batch, 1)
+    with pytest.raises((KeyError, ValueError, TypeError), match="alpha"):
+        batched_predict.predict_batch(net, metasgd, {"theta": theta}, metasgd.Config(), batch, 1)
