@@ -7,7 +7,7 @@ hyper-parameter (zero, negative, NaN, a string, a bool), or the container
 (a tuple for a TaskBatch, a params dict missing a key). The only outcomes
 allowed: a correct result -- finite, of the right shape, equal to the NumPy
 backend on a clean copy of the same input -- or a ValueError/TypeError whose
-message names the corrupted argument. Never a Numba error, an IndexError or
+message names the corrupted argument, what it must be and what it got. Never a Numba error, an IndexError or
 KeyError from inside, a silent wrong shape or a warning.
 """
 import dataclasses
@@ -241,6 +241,7 @@ def test_malformed_input_gives_a_correct_result_or_a_named_error(name, seed, whi
         except (ValueError, TypeError) as err:
             assert named in str(err), \
                 f"{name}: {type(err).__name__} does not name {target!r} (corruption {how!r}): {err}"
+            assert "must" in str(err) and "got" in str(err), f"{name}: no expected and received value: {err}"
             event(f"refused with {type(err).__name__}")
             return
         except entry.errors as err:
@@ -334,6 +335,7 @@ def test_predict_gives_a_correct_result_or_a_named_error(name, seed, which, pick
             got = _predict(module, net, config, args, keys)
         except (ValueError, TypeError) as err:
             assert named in str(err), f"{name}: {type(err).__name__} does not name {target!r} ({how!r}): {err}"
+            assert "must" in str(err) and "got" in str(err), f"{name}: no expected and received value: {err}"
             event(f"refused with {type(err).__name__}")
             return
     event("accepted: checked against a clean copy")

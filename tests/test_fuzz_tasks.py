@@ -56,6 +56,7 @@ def _rng(kind):
 def _check_error(err, bad):
     assert bad, f"valid arguments were refused: {err}"
     assert any(name in str(err) for name in bad), f"{type(err).__name__} names none of {bad}: {err}"
+    assert "must" in str(err) and "got" in str(err), f"no expected and received value: {err}"
     event(f"refused with {type(err).__name__}")
 
 
