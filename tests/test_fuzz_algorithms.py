@@ -114,6 +114,9 @@ ENTRIES = {
         first_order=a["first_order"]),
         extra=lambda rng: {"inner_lr": 0.05, "inner_steps": 2, "first_order": False},
         scalars={"inner_lr": "step", "inner_steps": "count", "first_order": "flag"}),
+    "maml_batchnorm": _grad_entry(GRAD_NET.replace(batchnorm=True), lambda net, a: maml.meta_loss_and_grad(
+        net, a["theta"], _batch(a), inner_lr=a["inner_lr"], inner_steps=a["inner_steps"]),
+        extra=lambda rng: {"inner_lr": 0.05, "inner_steps": 2}, scalars={"inner_lr": "step", "inner_steps": "count"}),
     "maml_xent": _grad_entry(XENT_NET, lambda net, a: maml.meta_loss_and_grad(
         net, a["theta"], _batch(a), inner_lr=a["inner_lr"]), extra=lambda rng: {"inner_lr": 0.1},
         scalars={"inner_lr": "step"}, labels=True),
@@ -282,6 +285,7 @@ def _predict_case(module, net, config, d_in=None, metric=False):
 PREDICT = {
     "maml": _predict_case(maml, GRAD_NET, maml.Config(inner_lr=0.05)),
     "maml_xent": _predict_case(maml, XENT_NET, maml.Config(inner_lr=0.1)),
+    "maml_batchnorm": _predict_case(maml, GRAD_NET.replace(batchnorm=True), maml.Config(inner_lr=0.05)),
     "metasgd": _predict_case(metasgd, GRAD_NET, metasgd.Config()),
     "anil": _predict_case(anil, GRAD_NET, anil.Config()),
     "cavia": _predict_case(cavia, CAVIA_NET, cavia.Config(n_context=2, inner_lr=0.5), d_in=2),
