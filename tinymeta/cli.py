@@ -4,6 +4,7 @@
     tinymeta train --algo maml --task sinusoid [--iterations 70000] [--out RUN_DIR] [--resume] ...
     tinymeta eval RUN_DIR [RUN_DIR ...] [--shots 5] [--steps 10]
     tinymeta reproduce sinusoid [--iterations 70000] [--seeds 0,1,2] [--jobs 2]
+    tinymeta reproduce omniglot [--quick] [--dry-run] [--jobs 2]   (see cli_images.py)
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+
+from . import cli_images
 
 EXIT_INTERRUPTED = 130
 
@@ -100,21 +103,23 @@ TRAIN_OPTIONS = [
     ("--eval-every", "eval_every", int, "validate every N iterations (0: never)"),
     ("--checkpoint-every", "checkpoint_every", int, "checkpoint every N iterations"),
     ("--log-every", "log_every", int, "log the running meta-loss every N iterations"),
-]
+] + cli_images.TRAIN_OPTIONS
 
 
 CHOICES = {"optimizer": ("adam", "sgd"), "schedule": ("constant", "linear", "step"), "dtype": ("float64", "float32"),
-           "backend": ("numba", "numpy"), "init": ("maml", "he", "glorot", "algorithm")}
+           "backend": ("numba", "numpy"), "init": ("maml", "he", "glorot", "algorithm"), **cli_images.CHOICES}
 
 
 def _field_default(name):
-    from .config import TrainConfig
+    from .config import BASE_DEFAULTS, OUTER_FIELDS, TrainConfig
 
     f = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
-    resolved = {"optimizer": "adam", "outer_lr": 1e-3, "schedule": "constant", "lr_step_every": 2000,
-                "lr_step_factor": 0.5}
-    if f.default is None and name in resolved:
-        return f"{resolved[name]}, unless the algorithm sets its own"
+    if name in cli_images.FIELD_DEFAULTS:
+        return cli_images.FIELD_DEFAULTS[name]
+    if f.default is None and name in OUTER_FIELDS:
+        return f"{BASE_DEFAULTS[name]}, unless the algorithm sets its own"
+    if f.default is None and name in BASE_DEFAULTS:  # the sinusoid's; the task list below gives the others
+        return BASE_DEFAULTS[name]
     return {"clip_norm": "no clipping", "hidden": "the task's, 40,40 for sinusoid",
             "init": "the task's, maml for sinusoid (truncated normal, std 0.01)"}.get(name, f.default)
 
@@ -176,6 +181,8 @@ def _report(run_dir, evaluation, paths):
     if evaluation.get("tuned"):
         t = evaluation["tuned"]
         print(f"({t['field']} = {t['value']}, chosen by {t['criterion']})")
+    for line in cli_images.report_lines(evaluation):
+        print(line)
     print(f"\nevaluation: {Path(run_dir) / ('eval_%dshot.json' % evaluation['shots'])}")
     for p in paths:
         print(f"plot: {p}")
@@ -196,7 +203,8 @@ def _cmd_train(args) -> int:
             raise ValueError("--resume needs --out RUN_DIR")
         run_dir, config = Path(args.out), None
     else:
-        algo, task = args.algo or "maml", args.task or "sinusoid"
+        algo = args.algo or "maml"
+        task = args.task or cli_images.default_task(algo)
         config = TrainConfig(algo=algo, task=task, algo_options=_algo_options(algo, args.set), **given)
         run_dir = Path(args.out or f"runs/{algo}-{task}-seed{config.seed}")
     try:
@@ -233,6 +241,12 @@ def _cmd_eval(args) -> int:
 def _cmd_reproduce(args) -> int:
     from .reproduce import reproduce_sinusoid
 
+    if args.benchmark == "omniglot":
+        return cli_images.cmd_reproduce(args, EXIT_INTERRUPTED)
+    args.out = args.out or Path("runs/reproduce-sinusoid")
+    args.iterations = args.iterations or 70_000
+    args.seeds = args.seeds or (0, 1, 2)
+
     statuses = []
 
     def done(r):
@@ -243,8 +257,8 @@ def _cmd_reproduce(args) -> int:
 
     try:
         path = reproduce_sinusoid(args.out, algorithms=args.algorithms, seeds=args.seeds, iterations=args.iterations,
-                                  budgets=args.budget, eval_tasks=args.eval_tasks, val_tasks=args.val_tasks, jobs=args.jobs,
-                                  on_result=done, command=" ".join(["tinymeta", *args.argv]))
+                                  budgets=args.budget, eval_tasks=args.eval_tasks, val_tasks=args.val_tasks,
+                                  jobs=args.jobs, on_result=done, command=" ".join(["tinymeta", *args.argv]))
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished runs and checkpoints are kept in {args.out}. "
               "Run the same command again to continue.", file=sys.stderr)
@@ -278,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import registry
 
     p.add_argument("--algo", choices=sorted(registry.ALGORITHMS), help="algorithm (default: maml)")
-    p.add_argument("--task", choices=sorted(registry.TASKS), help="task family (default: sinusoid)")
+    p.add_argument("--task", choices=sorted(registry.TASKS), help="task family (default: sinusoid; for the metric "
+                                                                  "learners omniglot if its archives are found, "
+                                                                  "else glyphs)")
     p.add_argument("--out", help="run directory (default: runs/ALGO-TASK-seedSEED)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -308,18 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_eval)
 
     p = sub.add_parser("reproduce", help="run a paper's protocol and write REPRODUCTION.md", formatter_class=formatter)
-    p.add_argument("benchmark", choices=["sinusoid"], help="which protocol")
-    p.add_argument("--out", type=Path, default=Path("runs/reproduce-sinusoid"), help="output directory (resumable)")
-    p.add_argument("--iterations", type=int, default=70_000, help="meta-iterations per run (70000 in the paper)")
-    p.add_argument("--seeds", type=_ints, default="0,1,2", help="training seeds, comma-separated")
+    p.add_argument("benchmark", choices=["sinusoid", "omniglot"], help="which protocol")
+    p.add_argument("--out", type=Path, default=None, help="output directory (resumable; default: "
+                                                          "runs/reproduce-sinusoid, runs/reproduce-<images>)")
+    p.add_argument("--iterations", type=int, default=None, help="meta-iterations per run (default: the "
+                                                                "protocol's, 70000 for sinusoid)")
+    p.add_argument("--seeds", type=_ints, default=None, help="training seeds, comma-separated (default: 0,1,2 "
+                                                             "for sinusoid, 0 for omniglot)")
     p.add_argument("--budget", type=_budget, action="append", default=[], metavar="ALGO=N[xS]",
-                   help="give ALGO N iterations (and only the first S seeds) instead of the protocol's, "
-                        "for the slow ones on a small machine; repeatable; the report says so")
+                   help="sinusoid: give ALGO N iterations (and only the first S seeds) instead of the "
+                        "protocol's, for the slow ones on a small machine; repeatable; the report says so")
     p.add_argument("--algorithms", type=_names, default=None,
                    help=f"comma-separated subset of {','.join(sorted(registry.ALGORITHMS))} (default: all of them)")
     p.add_argument("--eval-tasks", type=int, default=600, help="fixed test tasks")
     p.add_argument("--val-tasks", type=int, default=100, help="fixed validation tasks (monitoring, baseline tuning)")
-    p.add_argument("--jobs", type=int, default=None, help="runs at a time, one process each (default: all cores)")
+    p.add_argument("--jobs", type=int, default=None, help="runs at a time, one process each (default: all cores "
+                                                          "for sinusoid, 1 for omniglot)")
+    cli_images.add_reproduce_arguments(p)
     p.set_defaults(run=_cmd_reproduce)
     return parser
 

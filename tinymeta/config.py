@@ -4,6 +4,12 @@ Defaults are the sinusoid protocol of Finn et al. 2017 (section 5.1 and
 their reference code); ``None`` fields are filled from the registry: the
 task's hidden widths, and the algorithm's outer-loop settings (Reptile's SGD
 with linear annealing, say). The resolved config is what a run saves.
+
+A ``None`` field takes, in this order, the value the task's protocol sets
+for the algorithm (``Task.algorithm_defaults``), the algorithm's outer-loop
+choice (``Algorithm.outer``), the task's default (``Task.defaults``), then
+``BASE_DEFAULTS`` (the sinusoid protocol). Image tasks count ``shots``,
+``query``, ``eval_shots`` and ``eval_query`` per class.
 """
 from __future__ import annotations
 
@@ -18,6 +24,12 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "step")
 INIT_CHOICES = ("algorithm", *INIT_SCHEMES)
 OUTER_FIELDS = ("optimizer", "outer_lr", "schedule", "lr_step_every", "lr_step_factor")
+SPLITS = ("maml", "original")
+RESIZES = ("nearest", "lanczos")
+# Fields a task or algorithm may set; these are the sinusoid protocol's values (Finn et al. 2017).
+BASE_DEFAULTS = {"optimizer": "adam", "outer_lr": 1e-3, "schedule": "constant", "lr_step_every": 2000,
+                 "lr_step_factor": 0.5, "iterations": 70_000, "meta_batch": 25, "shots": 10, "query": 10,
+                 "eval_shots": 5, "eval_steps": 10, "eval_query": 100, "test_steps": 1, "train_ways": None}
 
 
 @dataclass(frozen=True)
@@ -35,18 +47,27 @@ class TrainConfig:
     dtype: str = "float64"
     backend: str = "numba"
     seed: int = 0
-    iterations: int = 70_000  # Finn et al. 2017 reference code, sinusoid: --metatrain_iterations=70000
-    meta_batch: int = 25  # tasks per meta-batch: Finn et al. 2017, section 5.1 and reference code
-    shots: int = 10  # K support points per training task: K = 10 (REPRODUCTION-NOTES, Table 2's model)
-    query: int = 10  # query points per training task: K as well (Finn et al. reference code)
+    iterations: int | None = None  # sinusoid: 70000, Finn et al. reference code (--metatrain_iterations=70000)
+    meta_batch: int | None = None  # tasks per meta-batch; sinusoid: 25 (Finn et al. 2017, section 5.1)
+    shots: int | None = None  # K support points per training task (per class on images); sinusoid: K = 10
+    #                           (REPRODUCTION-NOTES, Table 2's model)
+    query: int | None = None  # query points per training task (per class on images); sinusoid: K as well
     optimizer: str | None = None  # None: the algorithm's choice, else "adam" (Finn et al. 2017, 5.1)
     outer_lr: float | None = None  # None: the algorithm's choice, else 1e-3 (Finn et al. reference code)
     schedule: str | None = None  # None: the algorithm's choice, else "constant"
     lr_step_every: int | None = None  # schedule "step": every 2000 iterations (Snell et al. 2017)
     lr_step_factor: float | None = None  # schedule "step": times 0.5 (Snell et al. 2017)
     clip_norm: float | None = None  # clip the meta-gradient's global norm; None: no clipping
-    eval_shots: int = 5  # Finn et al. 2017, Table 2: the K = 10 model is tested 5-shot
-    eval_steps: int = 10  # report after 0..10 steps (Table 2: 1, 5, 10)
+    eval_shots: int | None = None  # sinusoid: 5 (Finn et al. 2017, Table 2: the K = 10 model is tested 5-shot);
+    #                                images: shots
+    eval_steps: int | None = None  # report after 0..eval_steps steps (Table 2: 1, 5, 10)
+    eval_query: int | None = None  # query points of a fixed task (images: per class); sinusoid: 100
+    test_steps: int | None = None  # the steps of the headline number (MAML on Omniglot: 3); <= eval_steps
+    ways: int = 5  # classification: N of the test episodes (and of the classifier's head)
+    train_ways: int | None = None  # N of the training episodes (ProtoNet: 60); None: ways
+    split: str = "maml"  # omniglot: "maml" (1200/423 characters) or "original" (background/evaluation)
+    data_root: str | None = None  # omniglot: folder of the archives; None: $TINYMETA_OMNIGLOT, else the cache
+    resize: str = "nearest"  # omniglot: 105 -> 28 pixels, "nearest" (the reference's) or "lanczos"
     eval_tasks: int = 600  # fixed test tasks (REPRODUCTION-NOTES)
     val_tasks: int = 100  # fixed validation tasks, for monitoring and tuning
     eval_every: int = 1000  # validate every this many iterations (0: never)
@@ -58,11 +79,25 @@ class TrainConfig:
         if not isinstance(self.algo_options, dict):
             raise TypeError(f"algo_options must be a dict of Config fields, got {type(self.algo_options).__name__}")
         object.__setattr__(self, "algo_options", dict(self.algo_options))
-        defaults = {"optimizer": "adam", "outer_lr": 1e-3, "schedule": "constant", "lr_step_every": 2000,
-                    "lr_step_factor": 0.5, **algo.outer_settings(self.algorithm_config())}
-        for name in OUTER_FIELDS:
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, defaults[name])
+        if algo.kind == "metric" and not task.classification:
+            raise ValueError(f"algo {self.algo!r} is a metric learner for classification episodes; task must be "
+                             f"one of {sorted(n for n, t in registry.TASKS.items() if t.classification)}, "
+                             f"got {self.task!r}")
+        names = {f.name for f in fields(self)}
+        protocol = {k: v for k, v in task.algorithm_defaults.get(self.algo, {}).items() if k in names}
+        layers = (protocol, algo.outer_settings(self.algorithm_config()), task.defaults, BASE_DEFAULTS)
+        defaulted = [name for name in BASE_DEFAULTS if getattr(self, name) is None]
+        for name in defaulted:
+            value = next((layer[name] for layer in layers if name in layer), None)
+            if isinstance(value, registry.SameAs):
+                value = getattr(self, value.field)
+            if name == "train_ways" and value is None:
+                value = self.ways
+            object.__setattr__(self, name, value)
+        if "eval_query" in defaulted and task.max_points is not None and isinstance(self.eval_shots, int):
+            object.__setattr__(self, "eval_query", max(1, min(self.eval_query, task.max_points - self.eval_shots)))
+        if "test_steps" in defaulted and isinstance(self.eval_steps, int):
+            object.__setattr__(self, "test_steps", min(self.test_steps, self.eval_steps))
         hidden = task.hidden if self.hidden is None else self.hidden
         if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
             raise TypeError(f"hidden must be a sequence of layer widths, got {hidden!r}")
@@ -73,14 +108,20 @@ class TrainConfig:
             raise ValueError(f"init must be None or one of {INIT_CHOICES}, got {self.init!r}")
         for name in ("seed",):
             val.check_int(getattr(self, name), name, minimum=0)
-        for name in ("iterations", "meta_batch", "shots", "query", "eval_shots", "eval_tasks", "val_tasks",
-                     "checkpoint_every", "log_every", "lr_step_every"):
+        for name in ("iterations", "meta_batch", "shots", "query", "eval_shots", "eval_query", "eval_tasks",
+                     "val_tasks", "checkpoint_every", "log_every", "lr_step_every"):
             val.check_int(getattr(self, name), name, minimum=1)
-        for name in ("eval_steps", "eval_every"):
+        for name in ("eval_steps", "eval_every", "test_steps"):
             val.check_int(getattr(self, name), name, minimum=0)
-        if task.max_points is not None and self.shots + self.query > task.max_points:
-            raise ValueError(f"shots + query must be <= {task.max_points} (points per task of {self.task!r}), "
-                             f"got {self.shots} + {self.query}")
+        if self.test_steps > self.eval_steps:
+            raise ValueError(f"test_steps must be <= eval_steps = {self.eval_steps}, got {self.test_steps}")
+        if task.max_points is not None:
+            per = " per class" if task.classification else ""
+            for a, b in (("shots", "query"), ("eval_shots", "eval_query")):
+                if getattr(self, a) + getattr(self, b) > task.max_points:
+                    raise ValueError(f"{a} + {b} must be <= {task.max_points} (points{per} of {self.task!r}), "
+                                     f"got {getattr(self, a)} + {getattr(self, b)}")
+        self._check_classification(algo, task)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -96,14 +137,38 @@ class TrainConfig:
                              "column means and so cancels the context inputs, which are the same in every row")
         self.net()  # validates activation, batchnorm, dtype, backend
 
+    def _check_classification(self, algo, task):
+        for name in ("ways", "train_ways"):
+            val.check_int(getattr(self, name), name, minimum=2)
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {self.resize!r}")
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise TypeError(f"data_root must be None or a folder path as a str, got {type(self.data_root).__name__}")
+        if task.classification and algo.kind == "gradient" and self.train_ways != self.ways:
+            raise ValueError(f"train_ways must equal ways = {self.ways} for {self.algo!r} (its network has one "
+                             f"output per class), got {self.train_ways}")
+
     def algorithm_config(self):
-        """The algorithm's frozen ``Config``: registry overrides, then ``algo_options``."""
-        return registry.algorithm(self.algo).config(**self.algo_options)
+        """The algorithm's frozen ``Config``: registry overrides, the task's protocol, then ``algo_options``."""
+        algo = registry.algorithm(self.algo)
+        names = {f.name for f in fields(algo.module.Config)}
+        protocol = registry.task(self.task).algorithm_defaults.get(self.algo, {})
+        return algo.config(**{**{k: v for k, v in protocol.items() if k in names}, **self.algo_options})
+
+    def task_family(self):
+        """What draws the training and fixed tasks (the sinusoid module; an ``ImageFamily``)."""
+        return registry.task(self.task).tasks(self)
 
     def net(self) -> MLP:
-        """The network: the task's input and output widths around ``hidden``, as the algorithm needs it."""
+        """The network: the task's input and output widths around ``hidden``, as the algorithm needs it.
+
+        Classification tasks have ``ways`` outputs; the metric learners drop them (their embedding).
+        """
         task, algo = registry.task(self.task), registry.algorithm(self.algo)
-        net = MLP([task.d_in, *self.hidden, task.d_out], activation=self.activation, loss=task.loss,
+        d_out = self.ways if task.d_out is None else task.d_out
+        net = MLP([task.d_in, *self.hidden, d_out], activation=self.activation, loss=task.loss,
                   dtype=self.dtype, backend=self.backend, batchnorm=self.batchnorm)
         return net if algo.network is None else algo.network(net, self.algorithm_config())
 

@@ -24,8 +24,10 @@ def aggregate(evaluations) -> dict:
         return np.array([[np.nan if x is None else x for x in e[key]] for e in evaluations], dtype=float)
 
     means, cis = arr("mean"), arr("ci95")
+    medians = np.array([[np.inf if x is None else x for x in e["median"]] if "median" in e else
+                        [np.nan] * len(e["mean"]) for e in evaluations], dtype=float)
     with np.errstate(all="ignore"):
-        return {"mean": np.nanmean(means, axis=0), "ci95": np.nanmean(cis, axis=0), "lo": np.nanmin(means, axis=0),
+        return {"mean": np.nanmean(means, axis=0), "median": np.mean(medians, axis=0), "ci95": np.nanmean(cis, axis=0), "lo": np.nanmin(means, axis=0),
                 "hi": np.nanmax(means, axis=0), "seeds": list(means), "n_seeds": len(evaluations),
                 "diverged": np.sum([e["diverged"] for e in evaluations], axis=0),
                 "n_tasks": evaluations[0]["n_tasks"], "seconds": float(np.mean([e["train_seconds"] for e in evaluations])),
@@ -107,6 +109,13 @@ def write_sinusoid_report(out_dir: Path, specs, results, seconds, jobs, command)
         lines.append(f"| {algo}{tuned}, ours | " + " | ".join(_cell(a, s) for s in TABLE_STEPS)
                      + f" | {int(a['diverged'].max())} of {a['n_tasks'] * a['n_seeds']} | {a['iterations']} | "
                      f"{a['seconds']:.0f} s |")
+    lines += ["", "Median over the test tasks (a task that diverged counts as the worst), mean over seeds. "
+              "The means above leave out only tasks beyond the divergence threshold; a few tasks whose "
+              "repeated steps at alpha blow up without crossing it move the mean, not the median:", "",
+              "| method | " + " | ".join(f"{s} step{'s' * (s != 1)}" for s in TABLE_STEPS) + " |",
+              "|---|" + "---|" * len(TABLE_STEPS)]
+    for algo in _order(main):
+        lines.append(f"| {algo} | " + " | ".join(f"{main[algo]['median'][s]:.3f}" for s in TABLE_STEPS) + " |")
     if missing:
         lines += ["", f"Not in this build's registry (not run): {', '.join(missing)}."]
     failed = [r for r in results if r["status"] != "finished"]
@@ -175,3 +184,36 @@ def _figures(out_dir, main, results):
         names.append("sinusoid_adaptation.png")
         plots.adaptation(out_dir / names[-1], panels)
     return names
+
+
+def section_markers(name: str) -> tuple:
+    """The opening and closing markers of section ``name``: ``<!-- tinymeta:NAME -->``, ``<!-- /tinymeta:NAME -->``."""
+    if not isinstance(name, str) or not name or any(c in name for c in "<>- \n"):
+        raise ValueError(f"name must be a non-empty word without spaces, '<', '>' or '-', got {name!r}")
+    return f"<!-- tinymeta:{name} -->", f"<!-- /tinymeta:{name} -->"
+
+
+def write_section(path, name: str, text: str) -> Path:
+    """Put ``text`` between the markers of section ``name`` in the Markdown file ``path``.
+
+    The text between an existing pair of markers is replaced and everything
+    else is kept byte for byte; a missing section is appended (a missing
+    file is created). Several commands thus share one REPRODUCTION.md, each
+    owning its section. Raises ValueError if the markers are unbalanced.
+    The file is replaced atomically.
+    """
+    path = Path(path)
+    start, end = section_markers(name)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = f"{start}\n{text.strip()}\n{end}"
+    counts = (old.count(start), old.count(end))
+    if counts == (0, 0):
+        new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + block + "\n"
+    elif counts == (1, 1) and old.index(start) < old.index(end):
+        head, rest = old.split(start, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        raise ValueError(f"{path} must hold section {name!r} once, {start} before {end}; found {counts[0]} "
+                         f"opening and {counts[1]} closing markers")
+    atomic_write(path, new.encode("utf-8"))
+    return path

@@ -68,8 +68,8 @@ def sinusoid_plan(algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_task
     ``budgets``: ``(algo, iterations, n_seeds)`` triples (``parse_budget``) that give an algorithm
     fewer iterations, or only the first ``n_seeds`` seeds, than the protocol's; the report says so.
     """
-    available = [a for a in ALGORITHM_ORDER if a in registry.ALGORITHMS] + \
-                sorted(set(registry.ALGORITHMS) - set(ALGORITHM_ORDER))
+    regression = {name for name, a in registry.ALGORITHMS.items() if a.kind == "gradient"}  # not the metric learners
+    available = [a for a in ALGORITHM_ORDER if a in regression] + sorted(regression - set(ALGORITHM_ORDER))
     algorithms = available if algorithms is None else list(algorithms)
     for a in algorithms:
         registry.algorithm(a)
@@ -127,7 +127,8 @@ def run_spec(out_dir, spec: RunSpec, progress=False, should_stop=None) -> dict:
     _, _, iteration, _ = load_run(run_dir)
     for shots in spec.eval_shots:
         e = runs.read_evaluation(run_dir, shots)
-        if e is None or e["iteration"] != iteration or e["n_tasks"] != spec.config.eval_tasks:
+        if (e is None or e["iteration"] != iteration or e["n_tasks"] != spec.config.eval_tasks
+                or "median" not in e):
             e = runs.evaluate_run(run_dir, shots=shots)
         result["evaluations"][shots] = e
     if TEST_SHOTS in spec.eval_shots and not (run_dir / "training_curve.png").exists():

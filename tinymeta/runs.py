@@ -29,7 +29,7 @@ def _tuned_config(config, net, params, algo, shots, steps):
     if not algo.tune:
         return algo_config, None
     name, grid = algo.tune
-    batch = registry.task(config.task).module.fixed_tasks("val", shots, config.val_tasks, dtype=config.dtype).batch
+    batch = config.task_family().fixed_tasks("val", shots, config.val_tasks, config.eval_query, config.dtype).batch
     scores = {}
     for value in grid:
         s = evaluate(net, algo.module, params, dataclasses.replace(algo_config, **{name: value}), batch, steps)
@@ -54,12 +54,14 @@ def evaluate_run(run_dir, shots=None, steps=None, n_tasks=None) -> dict:
     net, algo = config.net(), registry.algorithm(config.algo)
     start = time.perf_counter()
     algo_config, tuned = _tuned_config(config, net, params, algo, shots, steps)
-    tasks = registry.task(config.task).module.fixed_tasks("test", shots, n_tasks, dtype=config.dtype)
+    tasks = config.task_family().fixed_tasks("test", shots, n_tasks, config.eval_query, config.dtype)
     summary = evaluate(net, algo.module, params, algo_config, tasks.batch, steps)
     result = {"run_dir": str(run_dir), "algo": config.algo, "task": config.task, "seed": config.seed,
               "train_shots": config.shots, "shots": shots, "steps": steps, "iteration": iteration,
               "iterations": config.iterations, "train_seconds": seconds, "tuned": tuned,
               "algorithm_config": dataclasses.asdict(algo_config), **summary.to_json(),
+              **({"ways": config.ways, "train_ways": config.train_ways, "query": config.eval_query,
+                  "test_steps": min(config.test_steps, steps)} if registry.task(config.task).classification else {}),
               "eval_seconds": time.perf_counter() - start}
     write_json(run_dir / f"eval_{shots}shot.json", result)
     return result
@@ -96,6 +98,10 @@ def plot_run(run_dir, evaluation) -> list:
     """Write training_curve.png, adaptation.png and error_vs_steps.png; return their paths."""
     run_dir = Path(run_dir)
     config, _, iteration, _ = load_run(run_dir)
+    if registry.task(config.task).classification:
+        from .image_runs import plot_image_run
+
+        return plot_image_run(run_dir, evaluation)
     shots = evaluation["shots"]
     paths = [run_dir / "training_curve.png", run_dir / "adaptation.png", run_dir / f"error_vs_steps_{shots}shot.png"]
     plots.training_curve(paths[0], read_log(run_dir), val_step=config.eval_steps,

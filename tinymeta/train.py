@@ -36,7 +36,8 @@ from .evaluate import evaluate
 
 CHECKPOINT, LOG, CONFIG = "checkpoint.npz", "log.jsonl", "config.json"
 OUTPUTS = (CHECKPOINT, LOG, CONFIG)  # what a fresh run replaces, with the files DERIVED from them
-DERIVED = ("eval_*shot.json", "training_curve.png", "adaptation.png", "error_vs_steps_*shot.png")
+DERIVED = ("eval_*shot.json", "training_curve.png", "adaptation.png", "error_vs_steps_*shot.png",
+           "episode_*shot.png", "confusion_*shot.png")
 
 
 class TrainingStopped(RuntimeError):
@@ -220,10 +221,10 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
     """
     run_dir = Path(run_dir)
     config, state = _prepare(run_dir, config, resume, overwrite)
-    net, algo, task = config.net(), registry.algorithm(config.algo), registry.task(config.task)
+    net, algo, tasks = config.net(), registry.algorithm(config.algo), config.task_family()
     module, algo_config, opt = algo.module, config.algorithm_config(), make_optimizer(config)
     params, opt_state, rng, sc = state["params"], state["opt_state"], state["rng"], dict(state["scalars"])
-    val_batch = task.module.fixed_tasks("val", config.eval_shots, config.val_tasks, dtype=config.dtype).batch
+    val_batch = tasks.fixed_tasks("val", config.eval_shots, config.val_tasks, config.eval_query, config.dtype).batch
     stop_at = config.iterations if until is None else min(int(until), config.iterations)
     last_saved = sc["iteration"] if resume else None
     log = open(run_dir / LOG, "a", encoding="utf-8")
@@ -249,7 +250,7 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
                 validate(0)
             while sc["iteration"] < stop_at:
                 t = sc["iteration"]
-                batch = task.module.sample(rng, config.meta_batch, config.shots, config.query, config.dtype).batch
+                batch = tasks.sample(rng, config.meta_batch, config.shots, config.query, config.dtype).batch
                 try:
                     with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are caught below
                         loss, grads = module.meta_step(net, params, batch, algo_config)
