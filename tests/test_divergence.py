@@ -67,6 +67,15 @@ def test_reptile_inner_divergence_is_a_training_divergence_not_a_crash(tmp_path)
     assert "stopped at iteration 1" in message and "Reptile inner loop diverged" in message
 
 
+def test_a_diverging_metric_learner_on_images_stops_as_a_divergence(tmp_path):
+    """ProtoNet's embeddings overflow: the engine's check on the pulled-back gradient used to end the
+    run as bad input (exit 2); it is a divergence."""
+    message = _diverge(tmp_path, algo="protonet", task="glyphs", hidden=(16,), meta_batch=1, outer_lr=1e8,
+                       iterations=30, val_tasks=2, eval_tasks=2, eval_shots=1, algo_options={})
+    assert "protonet's meta_step diverged inside" in message and "must be finite" in message
+    assert "Hint" in message
+
+
 def test_clipping_the_global_norm_keeps_the_same_run_finite(tmp_path):
     result = train(tmp_path, TrainConfig(**{**TINY, **DIVERGING, "clip_norm": 1.0}), progress=False)
     assert result.status == "finished" and all(np.isfinite(p).all() for p in result.params.values())

@@ -7,7 +7,7 @@ hyper-parameter (zero, negative, NaN, a string, a bool), or the container
 (a tuple for a TaskBatch, a params dict missing a key). The only outcomes
 allowed: a correct result -- finite, of the right shape, equal to the NumPy
 backend on a clean copy of the same input -- or a ValueError/TypeError whose
-message names the corrupted argument. Never a Numba error, an IndexError or
+message names the corrupted argument, what it must be and what it got. Never a Numba error, an IndexError or
 KeyError from inside, a silent wrong shape or a warning.
 """
 import dataclasses
@@ -114,6 +114,9 @@ ENTRIES = {
         first_order=a["first_order"]),
         extra=lambda rng: {"inner_lr": 0.05, "inner_steps": 2, "first_order": False},
         scalars={"inner_lr": "step", "inner_steps": "count", "first_order": "flag"}),
+    "maml_batchnorm": _grad_entry(GRAD_NET.replace(batchnorm=True), lambda net, a: maml.meta_loss_and_grad(
+        net, a["theta"], _batch(a), inner_lr=a["inner_lr"], inner_steps=a["inner_steps"]),
+        extra=lambda rng: {"inner_lr": 0.05, "inner_steps": 2}, scalars={"inner_lr": "step", "inner_steps": "count"}),
     "maml_xent": _grad_entry(XENT_NET, lambda net, a: maml.meta_loss_and_grad(
         net, a["theta"], _batch(a), inner_lr=a["inner_lr"]), extra=lambda rng: {"inner_lr": 0.1},
         scalars={"inner_lr": "step"}, labels=True),
@@ -241,6 +244,7 @@ def test_malformed_input_gives_a_correct_result_or_a_named_error(name, seed, whi
         except (ValueError, TypeError) as err:
             assert named in str(err), \
                 f"{name}: {type(err).__name__} does not name {target!r} (corruption {how!r}): {err}"
+            assert "must" in str(err) and "got" in str(err), f"{name}: no expected and received value: {err}"
             event(f"refused with {type(err).__name__}")
             return
         except entry.errors as err:
@@ -281,6 +285,7 @@ def _predict_case(module, net, config, d_in=None, metric=False):
 PREDICT = {
     "maml": _predict_case(maml, GRAD_NET, maml.Config(inner_lr=0.05)),
     "maml_xent": _predict_case(maml, XENT_NET, maml.Config(inner_lr=0.1)),
+    "maml_batchnorm": _predict_case(maml, GRAD_NET.replace(batchnorm=True), maml.Config(inner_lr=0.05)),
     "metasgd": _predict_case(metasgd, GRAD_NET, metasgd.Config()),
     "anil": _predict_case(anil, GRAD_NET, anil.Config()),
     "cavia": _predict_case(cavia, CAVIA_NET, cavia.Config(n_context=2, inner_lr=0.5), d_in=2),
@@ -334,6 +339,7 @@ def test_predict_gives_a_correct_result_or_a_named_error(name, seed, which, pick
             got = _predict(module, net, config, args, keys)
         except (ValueError, TypeError) as err:
             assert named in str(err), f"{name}: {type(err).__name__} does not name {target!r} ({how!r}): {err}"
+            assert "must" in str(err) and "got" in str(err), f"{name}: no expected and received value: {err}"
             event(f"refused with {type(err).__name__}")
             return
     event("accepted: checked against a clean copy")

@@ -16,6 +16,7 @@ import tinymeta as tm
 NETS = {
     "mse": tm.MLP([3, 5, 2], activation="tanh", loss="mse"),
     "xent": tm.MLP([3, 5, 4], activation="relu", loss="xent"),
+    "mse_batchnorm": tm.MLP([3, 5, 2], activation="tanh", loss="mse", batchnorm=True),
 }
 METHODS = {  # method -> the arguments it takes besides theta
     "forward": ("X",), "loss": ("X", "y"), "loss_and_grad": ("X", "y"),
@@ -23,7 +24,7 @@ METHODS = {  # method -> the arguments it takes besides theta
 }
 CORRUPTIONS = ["shape", "ndim", "int", "complex", "object", "bool", "nan", "inf",
                "strided", "readonly", "empty", "list", "none", "string", "float32"]
-EXAMPLES = 80  # per (method, loss) pair: 960 malformed calls per run
+EXAMPLES = 80  # per (method, net) pair: 1440 malformed calls per run
 
 
 def _valid(net, rng, n):
@@ -78,7 +79,7 @@ def _corrupt(a, how, rng):
 def test_malformed_input_gives_a_correct_result_or_a_named_error(loss, method, seed, n, how, which):
     net = NETS[loss]
     rng = np.random.default_rng(seed)
-    args = _valid(net, rng, n)
+    args = _valid(net, rng, max(n, 2) if net.batchnorm else n)  # batch norm needs two rows
     names = ("theta",) + METHODS[method]
     target = names[which % len(names)]
     args[target] = _corrupt(args[target], how, rng)

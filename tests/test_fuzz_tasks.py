@@ -56,6 +56,7 @@ def _rng(kind):
 def _check_error(err, bad):
     assert bad, f"valid arguments were refused: {err}"
     assert any(name in str(err) for name in bad), f"{type(err).__name__} names none of {bad}: {err}"
+    assert "must" in str(err) and "got" in str(err), f"no expected and received value: {err}"
     event(f"refused with {type(err).__name__}")
 
 
@@ -179,3 +180,61 @@ def test_to_batch_names_a_bad_dtype(dtype, error, rng):
     index = episodes.sample_index(data, rng, 2, 1, 1)
     with pytest.raises(error, match="dtype"):
         episodes.to_batch(data, index, dtype)
+
+
+# ------------------------------------------------ image task families (the trainer's view of episodes)
+def _split():
+    from tinymeta.tasks.images import ImageSplit
+
+    return ImageSplit(_data(6, 5, None), _data(4, 5, None), _data(3, 5, None), "fuzz: 6/3/4 classes of 5")
+
+
+@SETTINGS
+@given(args=_arguments({"ways": st.integers(2, 3), "train_ways": st.one_of(st.none(), st.integers(2, 6)),
+                        "n_tasks": GOOD_COUNTS, "n_support": GOOD_COUNTS, "n_query": GOOD_COUNTS,
+                        "dtype": GOOD_DTYPES, "split": st.sampled_from(["test", "val"])},
+                       {"ways": st.sampled_from([1, 0, -1, 4, 7, 2.0, True, None]),
+                        "train_ways": st.sampled_from([1, 7, 2.5, "3"]), "n_tasks": BAD_COUNTS,
+                        "n_support": BAD_COUNTS, "n_query": BAD_COUNTS,
+                        "dtype": BAD_DTYPES.filter(lambda d: d != "float16"),
+                        "split": st.sampled_from(["train", "", None])}))
+def test_image_families_give_correct_episodes_or_a_named_error(args):
+    from tinymeta.tasks import families
+
+    ways, train_ways, n_tasks, n_support, n_query, dtype, split = (args[k] for k in (
+        "ways", "train_ways", "n_tasks", "n_support", "n_query", "dtype", "split"))
+    bad = [name for name, ok in (("ways", _count_ok(ways, 2)), ("train_ways", train_ways is None or
+                                                                   _count_ok(train_ways, 2))) if not ok]
+    if not bad and ways > 3:  # the 3 validation classes
+        bad = ["ways"]
+    if not bad and train_ways is not None and train_ways > 6:
+        bad = ["train_ways"]
+    try:
+        family = families.ImageFamily(_split(), ways, train_ways)
+    except (ValueError, TypeError) as err:
+        _check_error(err, bad)
+        return
+    assert not bad, f"accepted malformed {bad}"
+    calls = {"sample": lambda: family.sample(np.random.default_rng(0), n_tasks, n_support, n_query, dtype),
+             "fixed_tasks": lambda: family.fixed_tasks(split, n_support, n_tasks, n_query, dtype)}
+    for name, call in calls.items():
+        bad = [k for k, ok in (("n_tasks", _count_ok(n_tasks)), ("n_support", _count_ok(n_support)),
+                               ("n_query", _count_ok(n_query)), ("split", name == "sample" or split in ("test", "val")))
+               if not ok]
+        if not bad and n_support + n_query > 5:
+            bad = ["n_support + n_query"]
+        if not bad and not _dtype_ok(dtype, FLOAT_DTYPES):
+            bad = ["dtype"]
+        try:
+            got = call()
+            tasks = got.batch if isinstance(got.batch, tuple) else next(iter(got.batch))  # pixels built here
+        except (ValueError, TypeError) as err:
+            _check_error(err, bad)
+            continue
+        assert not bad, f"{name} accepted malformed {bad}"
+        event(f"{name}: accepted and checked")
+        N = (train_ways or ways) if name == "sample" else ways
+        T = int(n_tasks) if name == "sample" else min(int(n_tasks), 64)
+        assert tasks.X_support.shape[1:] == (N * int(n_support), 784) and tasks.X_support.shape[0] <= int(n_tasks)
+        assert tasks.X_support.dtype == np.dtype(dtype) and np.isfinite(tasks.X_support).all()
+        assert tasks.y_query.shape[1] == N * int(n_query) and tasks.y_query.max() == N - 1 and T >= 1

@@ -235,3 +235,11 @@ def test_a_checkpoint_written_before_checksums_still_loads_but_a_damaged_one_doe
     path.write_bytes(bytes(legacy))
     with pytest.raises(CorruptCheckpoint, match="corrupted or truncated"):
         checkpoint.load(path)
+
+
+@pytest.mark.parametrize("content", [b'{"algo": "maml", "shots": ', b"\xff\xfe\x00garbage", b""])
+def test_a_damaged_json_file_is_reported_naming_the_file(tmp_path, content):
+    path = tmp_path / "eval_5shot.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{path} is corrupted: not a JSON document"):
+        checkpoint.read_json(path)

@@ -99,9 +99,13 @@ def write_json(path, obj) -> None:
 
 
 def read_json(path):
-    """The JSON value stored at ``path``."""
+    """The JSON value stored at ``path``; ``ValueError`` naming the file if it is not JSON."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is corrupted: not a JSON document ({err}); delete it and run the "
+                             f"command that writes it again") from None
 
 
 def rng_to_json(rng: np.random.Generator) -> str:

@@ -256,7 +256,7 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
                         loss, grads = module.meta_step(net, params, batch, algo_config)
                 except FloatingPointError as err:  # finite params and tasks, non-finite values inside the step
                     raise TrainingDiverged(f"training stopped at iteration {t + 1}: {config.algo}'s meta_step "
-                                           f"diverged inside (its inner adaptation or meta-gradient overflowed): "
+                                           f"diverged inside (values computed from finite parameters overflowed): "
                                            f"{err}. Last good checkpoint: {_last_good(run_dir, last_saved)}. "
                                            f"{DIVERGENCE_HINT}") from err
                 except RuntimeError as err:  # e.g. an inner solver that did not converge

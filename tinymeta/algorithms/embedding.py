@@ -51,7 +51,7 @@ def check_episode(net, X_support, y_support, X_query, y_query=None, n_way=None):
     if missing.size:
         raise ValueError(
             f"y_support must hold every label 0..{n_way - 1} of a {n_way}-way episode; "
-            f"class {int(missing[0])} has no support example (labels present: {np.unique(ys).tolist()})"
+            f"class {int(missing[0])} has no support example (got labels {np.unique(ys).tolist()})"
         )
     source = f" ({n_way} classes, read off y_support)" if inferred else ""
     yq = None if y_query is None else val.as_labels(y_query, "y_query", Xq.shape[0], n_way, source)

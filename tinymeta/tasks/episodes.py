@@ -85,12 +85,7 @@ def to_batch(data: ImageClasses, index: EpisodeIndex, dtype="float64") -> TaskBa
     ``X_query (T, N*Q, 784)``, ``y_query (T, N*Q)`` int64; X in ``dtype``,
     ink = 1.0, paper = 0.0.
     """
-    try:
-        kind = np.dtype(dtype).kind
-    except TypeError:
-        kind = None
-    if kind != "f":
-        raise TypeError(f"dtype must be a floating-point type such as float64 or float32, got {dtype!r}")
+    check_dtype(dtype)
     T, N, KQ = index.drawings.shape
     K, Q = index.k_shot, KQ - index.k_shot
     pixels = data.images[index.classes[:, :, None], index.drawings]  # (T, N, K + Q, 28, 28) uint8
@@ -101,6 +96,17 @@ def to_batch(data: ImageClasses, index: EpisodeIndex, dtype="float64") -> TaskBa
     labels = np.arange(N, dtype=np.int64)
     return TaskBatch(flat(pixels[:, :, :K]), np.tile(np.repeat(labels, K), (T, 1)),
                      flat(pixels[:, :, K:]), np.tile(np.repeat(labels, Q), (T, 1)))
+
+
+def check_dtype(dtype) -> np.dtype:
+    """``np.dtype(dtype)`` if it is a floating-point type; ``TypeError`` naming ``dtype`` otherwise."""
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:
+        kind = None
+    if kind != "f":
+        raise TypeError(f"dtype must be a floating-point type such as float64 or float32, got {dtype!r}")
+    return np.dtype(dtype)
 
 
 def sample_episodes(data: ImageClasses, rng: np.random.Generator, n_way: int, k_shot: int, n_query: int,

@@ -118,6 +118,16 @@ class ImageEpisodes(NamedTuple):
     index: episodes.EpisodeIndex
 
 
+def _counts(n_tasks, n_support, n_query, data: ImageClasses) -> tuple:
+    """The counts checked under the names the caller used (the sampler calls them n_episodes, k_shot)."""
+    n_tasks, n_support, n_query = (val.check_int(v, name, minimum=1) for v, name in
+                                   ((n_tasks, "n_tasks"), (n_support, "n_support"), (n_query, "n_query")))
+    if n_support + n_query > data.n_drawings:
+        raise ValueError(f"n_support + n_query must be <= the {data.n_drawings} drawings per class, "
+                         f"got {n_support} + {n_query} = {n_support + n_query}")
+    return n_tasks, n_support, n_query
+
+
 class ImageFamily:
     """N-way K-shot classification episodes of one image split.
 
@@ -148,6 +158,7 @@ class ImageFamily:
 
     def sample(self, rng, n_tasks, n_support, n_query, dtype="float64") -> ImageEpisodes:
         """``n_tasks`` fresh ``train_ways``-way training episodes, ``n_support`` + ``n_query`` drawings per class."""
+        n_tasks, n_support, n_query = _counts(n_tasks, n_support, n_query, self.split.train)
         index = episodes.sample_index(self.split.train, rng, self.train_ways, n_support, n_query, n_tasks)
         return ImageEpisodes(episodes.to_batch(self.split.train, index, dtype), self.split.train, index)
 
@@ -161,6 +172,8 @@ class ImageFamily:
         if split not in SPLIT_SEEDS:
             raise ValueError(f"split must be one of {tuple(SPLIT_SEEDS)}, got {split!r}")
         data = self.split.test if split == "test" else self.split.validation
+        n_tasks, n_support, n_query = _counts(n_tasks, n_support, n_query, data)
+        episodes.check_dtype(dtype)  # now, not when the stream is first read
         index = episodes.evaluation_index(data, self.ways, n_support, n_query, n_tasks, SPLIT_SEEDS[split])
         return ImageEpisodes(EpisodeStream(data, index, dtype), data, index)
 
