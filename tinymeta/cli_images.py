@@ -78,7 +78,7 @@ def cmd_reproduce(args, exit_interrupted: int) -> int:
                            iterations=args.iterations, quick=args.quick, eval_tasks=args.eval_tasks,
                            val_tasks=args.val_tasks, data_root=args.data_root)
     jobs = args.jobs or 1
-    print(rep.format_plan(specs, jobs))
+    print(rep.format_plan(specs, jobs, estimate=args.dry_run))  # the estimate times every run: dry runs only
     if args.dry_run:
         return 0
 

@@ -229,22 +229,25 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
               f"method), {first.eval_query} query drawings per class (at most 20 - K), accuracy with a 95% "
               "interval over episodes (1.96 standard errors).", "",
               "### Test accuracy (%), 95% intervals", "",
-              "| method | " + " | ".join(_setting_title(s) for s in settings) + " | iterations | wall time per run |",
-              "|---|" + "---|" * (len(settings) + 2)]
+              "| method | " + " | ".join(_setting_title(s) for s in settings)
+              + " | iterations | training time per run (test) |", "|---|" + "---|" * (len(settings) + 2)]
     for algo, (source_text, values) in PUBLISHED_MLP.items():
         cells = [values[list(SETTINGS).index(s)] or "–" for s in settings]
-        lines.append(f"| {source_text} | " + " | ".join(cells) + f" | {PROTOCOL_ITERATIONS:,} | – |")
+        its = f"{PROTOCOL_ITERATIONS:,}" if algo == "maml" else "–"
+        lines.append(f"| {source_text} | " + " | ".join(cells) + f" | {its} | – |")
     for algo in [a for a in ALGORITHM_ORDER if a in by]:
-        cells, secs = [], []
+        cells, secs, tests = [], [], []
         for s in settings:
             es = by[algo].get(s, [])
             cells.append(" / ".join(_cell(e) for e in es) or "–")
             secs += [e["train_seconds"] for e in es]
+            tests += [e["eval_seconds"] for e in es]
         steps = sorted({e["test_steps"] for v in by[algo].values() for e in v})
         what = f"after {'/'.join(map(str, steps))} step{'s' * (steps != [1])}" if steps != [0] else "no adaptation"
         its = sorted({e["iteration"] for v in by[algo].values() for e in v})
         lines.append(f"| {algo}, ours, MLP ({what}) | " + " | ".join(cells)
-                     + f" | {'/'.join(f'{i:,}' for i in its)} | {np.mean(secs) / 60:.1f} min |")
+                     + f" | {'/'.join(f'{i:,}' for i in its)} | {_duration(np.mean(secs))} "
+                     f"({_duration(np.mean(tests))}) |")
     lines += ["", "Convolutional networks, for context only (4-layer CNNs, a different model from ours; "
               "quoted from each paper's Omniglot table):", "",
               "| method | " + " | ".join(_setting_title(s) for s in settings) + " |", "|---|" + "---|" * len(settings)]
@@ -260,16 +263,17 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
         names = _figures(Path(figures_dir), by, settings)
         base = Path(report_dir) if report_dir is not None else Path.cwd()
         lines += [""] + [f"![{Path(n).stem}]({os.path.relpath(Path(figures_dir) / n, base)})" for n in names]
-    lines += ["", "### Every run", "", "| run | accuracy, 0 steps | headline | diverged | wall time |",
-              "|---|---|---|---|---|"]
+    lines += ["", "### Every run", "", "| run | accuracy, 0 steps | headline | diverged | training time | test time |",
+              "|---|---|---|---|---|---|"]
     for spec, r in zip(specs, results):
         e = r["evaluations"].get(spec.config.shots)
         if e is None:
-            lines.append(f"| {spec.name} | – | {r['status']} | – | – |")
+            lines.append(f"| {spec.name} | – | {r['status']} | – | – | – |")
             continue
         zero = e["mean"][0]
         lines.append(f"| {spec.name} | {'–' if zero is None else f'{100 * zero:.1f}'} | {_cell(e)} "
-                     f"(step {e['test_steps']}) | {max(e['diverged'])} | {e['train_seconds'] / 60:.1f} min |")
+                     f"(step {e['test_steps']}) | {max(e['diverged'])} | {_duration(e['train_seconds'])} | "
+                     f"{_duration(e['eval_seconds'])} |")
     return "\n".join(lines) + "\n"
 
 
