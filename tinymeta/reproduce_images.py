@@ -34,6 +34,7 @@ ALGORITHM_ORDER = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "
 GRADIENT_20WAY = {"meta_batch": 16, "inner_steps": 5, "test_steps": 5}  # Finn et al. reference code, 20-way
 QUICK = {"iterations": 100, "eval_tasks": 600, "val_tasks": 20}  # shows the pipeline, not the papers
 PROTOCOL_ITERATIONS = 60_000  # Finn et al. reference code, Omniglot
+STEP_COLUMNS = (1, 3, 5, 10)  # REPRODUCTION-NOTES: report accuracy after each of 1, 3, 5, 10 steps
 
 # Published test accuracies (%), 5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 20-way 5-shot; None: not reported.
 PUBLISHED_MLP = {  # Finn et al. 2017, Table 1, the non-convolutional rows
@@ -248,6 +249,7 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
         lines.append(f"| {algo}, ours, MLP ({what}) | " + " | ".join(cells)
                      + f" | {'/'.join(f'{i:,}' for i in its)} | {_duration(np.mean(secs))} "
                      f"({_duration(np.mean(tests))}) |")
+    lines += _steps_table(by, settings)
     lines += ["", "Convolutional networks, for context only (4-layer CNNs, a different model from ours; "
               "quoted from each paper's Omniglot table):", "",
               "| method | " + " | ".join(_setting_title(s) for s in settings) + " |", "|---|" + "---|" * len(settings)]
@@ -275,6 +277,25 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
                      f"(step {e['test_steps']}) | {max(e['diverged'])} | {_duration(e['train_seconds'])} | "
                      f"{_duration(e['eval_seconds'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _steps_table(by, settings, steps=STEP_COLUMNS) -> list:
+    """Accuracy of the learners that adapt after each of ``steps`` (REPRODUCTION-NOTES: without batch
+    norm, extra test steps at the training step size can hurt)."""
+    rows = []
+    for algo in ALGORITHM_ORDER:
+        for setting in settings:
+            for e in by.get(algo, {}).get(setting, []):
+                if len(e["mean"]) > 1:
+                    cells = ["–" if k >= len(e["mean"]) or e["mean"][k] is None
+                             else f"{100 * e['mean'][k]:.1f} ± {100 * (e['ci95'][k] or 0):.1f}" for k in steps]
+                    rows.append(f"| {algo} | {_setting_title(setting)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "Accuracy (%) of the learners that adapt, after each number of test steps (at the training "
+            "step size; Reptile with its inner Adam):", "",
+            "| method | setting | " + " | ".join(f"{k} step{'s' * (k != 1)}" for k in steps) + " |",
+            "|---|---|" + "---|" * len(steps), *rows]
 
 
 def _setting_title(setting) -> str:
