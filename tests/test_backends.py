@@ -51,3 +51,41 @@ def test_same_input_same_bits(backend, rng):
     v = rng.standard_normal(net.n_params)
     assert np.array_equal(net.hvp(theta, X, y, v), net.hvp(theta, X, y, v))
     assert np.array_equal(net.loss_and_grad(theta, X, y)[1], net.loss_and_grad(theta, X, y)[1])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("loss", ["mse", "xent"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "softplus"])
+@pytest.mark.parametrize("sizes", [(3, 8, 6, 4), (1, 40, 40, 2), (4, 5, 3), (4, 3)])
+def test_numba_matches_numpy_reference_with_batchnorm(sizes, activation, loss, dtype, rng):
+    fast = tm.MLP(sizes, activation=activation, loss=loss, dtype=dtype, backend="numba", batchnorm=True)
+    slow = fast.replace(backend="numpy")
+    theta, X, y = random_problem(fast, rng, n=9)
+    v = rng.standard_normal(fast.n_params).astype(dtype)
+    dout = rng.standard_normal((9, sizes[-1])).astype(dtype)
+    got, want = _all_outputs(fast, theta, X, y, v, dout), _all_outputs(slow, theta, X, y, v, dout)
+    assert rel_error(got["forward"], fast.replace(batchnorm=False).forward(theta, X)) > 1e-3 or len(sizes) == 2
+    for key in want:
+        if not key.startswith("loss"):
+            assert got[key].dtype == np.dtype(dtype), key
+        assert got[key].shape == want[key].shape, key
+        assert rel_error(got[key], want[key]) <= TOL[dtype], key
+
+
+def test_batchnorm_kernels_match_the_normalisation_functions(rng):
+    from tinymeta.nn import bn_kernels as BK
+    from tinymeta.nn.batchnorm import BN_EPS, normalize, normalize_apply, normalize_r_backward
+
+    A = 3 * rng.standard_normal((6, 5)) + 1
+    A_dot, G, G_dot = rng.standard_normal((3, 6, 5))
+    X_hat, sigma = np.empty_like(A), np.empty(5)
+    BK.bn_normalize(A, BN_EPS, X_hat, sigma)
+    want_X_hat, want_sigma = normalize(A)
+    assert rel_error(X_hat, want_X_hat) <= 1e-14 and rel_error(sigma, want_sigma) <= 1e-14
+    out = np.empty_like(G)
+    BK.bn_apply(X_hat, sigma, G, out)
+    assert rel_error(out, normalize_apply(X_hat, sigma, G)) <= 1e-13
+    dA, dA_dot = G.copy(), G_dot.copy()  # in place, as the backward kernels call it
+    BK.bn_r_backward(X_hat, sigma, A_dot, dA, dA_dot, dA, dA_dot)
+    assert rel_error(dA, normalize_apply(X_hat, sigma, G)) <= 1e-13
+    assert rel_error(dA_dot, normalize_r_backward(X_hat, sigma, A_dot, G, G_dot)) <= 1e-13

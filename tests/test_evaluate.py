@@ -65,3 +65,16 @@ def test_classification_scores_are_accuracies(rng, steps):
     batch = tm.TaskBatch(X, rng.integers(0, 3, (2, 6)), X, rng.integers(0, 3, (2, 6)))
     s = ev.evaluate(net, maml, params, maml.Config(inner_lr=0.1), batch, steps)
     assert s.metric == "accuracy" and ((0 <= s.mean) & (s.mean <= 1)).all()
+
+
+def test_median_counts_diverged_tasks_as_the_worst_and_resists_blow_ups():
+    s = ev.summarize(np.array([[1.0, 1.0], [2.0, np.inf], [3.0, 500.0]]))
+    np.testing.assert_allclose(s.median, [2.0, 500.0])
+    # one task at 2000 (below the divergence threshold) moves the mean, not the median
+    blown = ev.summarize(np.array([[0.2], [0.3], [0.25], [2000.0]]))
+    assert blown.mean[0] > 400 and blown.median[0] == 0.275
+    back = ev.Summary.from_json(blown.to_json())
+    np.testing.assert_array_equal(back.median, blown.median)
+    assert ev.Summary.from_json({k: v for k, v in blown.to_json().items() if k != "median"}).median is None
+    accuracy = ev.summarize(np.array([[1.0], [np.nan], [0.5]]), metric="accuracy")
+    assert accuracy.median[0] == 0.5

@@ -66,5 +66,5 @@ def test_check_mlp_refuses_float32(rng):
 def test_engine_report_passes_and_covers_every_configuration():
     rows = gc.engine_report(sizes=(2, 5, 3), seed=1)
     assert all(r.passed for r in rows)
-    seen = {(r.activation, r.loss, r.backend, r.dtype) for r in rows}
-    assert len(seen) == 2 * 2 * 2 * 2
+    seen = {(r.activation, r.loss, r.backend, r.dtype, r.batchnorm) for r in rows}
+    assert len(seen) == 2 * 2 * 2 * 2 * 2

@@ -76,6 +76,7 @@ def test_config_round_trips_and_spec_is_frozen():
     net = tm.MLP([1, 40, 40, 1], activation="tanh", loss="mse", dtype=np.float32, backend="numpy")
     assert net.dtype == "float32"
     assert tm.MLP(**net.config()) == net
+    assert tm.MLP(**net.replace(batchnorm=True).config()).batchnorm is True
     assert net.replace(dtype="float64").dtype == "float64"
     with pytest.raises(AttributeError):
         net.sizes = (1, 2)
@@ -92,6 +93,7 @@ def test_config_round_trips_and_spec_is_frozen():
     (dict(sizes=[1, 2], dtype="float16"), ValueError, "dtype must be one of"),
     (dict(sizes=[1, 2], dtype="nonsense"), ValueError, "dtype must be one of"),
     (dict(sizes=[1, 2], backend="jax"), ValueError, "backend must be one of"),
+    (dict(sizes=[1, 2], batchnorm=1), TypeError, "batchnorm must be True or False, got 1"),
 ])
 def test_bad_spec_raises_a_named_error(kwargs, error, message):
     with pytest.raises(error, match=message):

@@ -59,4 +59,19 @@ def test_two_processes_give_the_same_numbers_as_one(tmp_path):
         rows = [r for r in text.splitlines() if r.startswith("| fomaml")]
         return [r.rsplit("|", 3)[0] for r in rows]
 
-    assert table(one) == table(two) and len(table(one)) == 3
+    assert table(one) == table(two) and len(table(one)) == 4  # main table, median table, two runs
+
+
+def test_budgets_shorten_or_thin_out_an_algorithm_and_are_validated():
+    from tinymeta.reproduce import parse_budget
+
+    budgets = (parse_budget("imaml=300x1"), parse_budget("reptile=200"))
+    specs = sinusoid_plan(algorithms=("maml", "imaml", "reptile"), seeds=(0, 1), iterations=1000, budgets=budgets)
+    by_name = {s.name: s.config for s in specs}
+    assert by_name["maml-K10-seed1"].iterations == 1000
+    assert [n for n in by_name if n.startswith("imaml")] == ["imaml-K10-seed0"]
+    assert by_name["imaml-K10-seed0"].iterations == 300
+    assert {by_name[f"reptile-K10-seed{s}"].iterations for s in (0, 1)} == {200}
+    for bad in ("imaml", "imaml=x1", "imaml=0", "nope=10", "imaml=10x0"):
+        with pytest.raises(ValueError):
+            parse_budget(bad)

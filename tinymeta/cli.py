@@ -45,6 +45,15 @@ def _ints(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 40,40, got {text!r}")
 
 
+def _budget(text: str) -> tuple:
+    from .reproduce import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+
+
 def _names(text: str) -> tuple:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
@@ -53,9 +62,9 @@ def _cmd_gradcheck(args) -> int:
     from . import gradcheck
 
     rows = gradcheck.engine_report(sizes=args.sizes, seed=args.seed, tol=args.tol)
-    header = ("quantity", "activation", "loss", "dtype", "backend", "rel. error", "tolerance", "result")
-    table = [header] + [(r.quantity, r.activation, r.loss, r.dtype, r.backend, f"{r.rel_error:.2e}",
-                         f"{r.tol:.0e}", "pass" if r.passed else "FAIL") for r in rows]
+    header = ("quantity", "activation", "loss", "batchnorm", "dtype", "backend", "rel. error", "tolerance", "result")
+    table = [header] + [(r.quantity, r.activation, r.loss, "yes" if r.batchnorm else "no", r.dtype, r.backend,
+                         f"{r.rel_error:.2e}", f"{r.tol:.0e}", "pass" if r.passed else "FAIL") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for k, row in enumerate(table):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -83,6 +92,7 @@ TRAIN_OPTIONS = [
     ("--clip-norm", "clip_norm", float, "clip the meta-gradient's global norm to this"),
     ("--hidden", "hidden", _ints, "hidden layer widths, comma-separated"),
     ("--activation", "activation", str, "hidden activation: relu, tanh, sigmoid, softplus"),
+    ("--batchnorm", "batchnorm", bool, "normalise each hidden layer with the batch's own statistics"),
     ("--init", "init", str, "theta's init scheme (algorithm: the algorithm's own init_params)"),
     ("--dtype", "dtype", str, "floating type"),
     ("--backend", "backend", str, "engine backend"),
@@ -247,8 +257,8 @@ def _cmd_reproduce(args) -> int:
 
     try:
         path = reproduce_sinusoid(args.out, algorithms=args.algorithms, seeds=args.seeds, iterations=args.iterations,
-                                  eval_tasks=args.eval_tasks, val_tasks=args.val_tasks, jobs=args.jobs,
-                                  on_result=done, command=" ".join(["tinymeta", *args.argv]))
+                                  budgets=args.budget, eval_tasks=args.eval_tasks, val_tasks=args.val_tasks,
+                                  jobs=args.jobs, on_result=done, command=" ".join(["tinymeta", *args.argv]))
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished runs and checkpoints are kept in {args.out}. "
               "Run the same command again to continue.", file=sys.stderr)
@@ -292,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option of the algorithm's Config, repeatable; see the list below (default: none)")
     for option, field, kind, text in TRAIN_OPTIONS:
         extra = {"choices": CHOICES[field]} if field in CHOICES else {}
-        p.add_argument(option, dest=field, type=kind, help=f"{text} (default: {_field_default(field)})", **extra)
+        # a bool option is a flag: None (TrainConfig's default) unless given
+        extra.update({"action": "store_const", "const": True} if kind is bool else {"type": kind})
+        p.add_argument(option, dest=field, help=f"{text} (default: {_field_default(field)})", **extra)
+    p.add_argument("--clip-grad", dest="clip_norm", type=float, help="the same as --clip-norm")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     p.set_defaults(run=_cmd_train)
@@ -318,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "protocol's, 70000 for sinusoid)")
     p.add_argument("--seeds", type=_ints, default=None, help="training seeds, comma-separated (default: 0,1,2 "
                                                              "for sinusoid, 0 for omniglot)")
+    p.add_argument("--budget", type=_budget, action="append", default=[], metavar="ALGO=N[xS]",
+                   help="sinusoid: give ALGO N iterations (and only the first S seeds) instead of the "
+                        "protocol's, for the slow ones on a small machine; repeatable; the report says so")
     p.add_argument("--algorithms", type=_names, default=None,
                    help=f"comma-separated subset of {','.join(sorted(registry.ALGORITHMS))} (default: all of them)")
     p.add_argument("--eval-tasks", type=int, default=600, help="fixed test tasks")
@@ -329,15 +345,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Numeric options checked after parsing, for whichever command has them: dest -> smallest value allowed.
+MINIMA = {"iterations": 1, "eval_tasks": 1, "val_tasks": 1, "jobs": 1, "shots": 1, "steps": 0, "tasks": 1,
+          "seed": 0, "seeds": 0}
+
+
+def check_args(args) -> None:
+    """Refuse out-of-range numbers naming the option (``--jobs must be >= 1, got 0``) before any work."""
+    for dest, minimum in MINIMA.items():
+        value = getattr(args, dest, None)
+        for v in (value if isinstance(value, tuple) else () if value is None else (value,)):
+            if v < minimum:
+                raise ValueError(f"--{dest.replace('_', '-')} must be >= {minimum}, got {v}")
+    tol = getattr(args, "tol", None)
+    if tol is not None and not (tol > 0 and tol != float("inf")):
+        raise ValueError(f"--tol must be a finite number > 0, got {tol}")
+
+
+def _name_option(message: str) -> str:
+    """Prefix a TrainConfig error ("outer_lr must be > 0 ...") with its option ("--outer-lr: ")."""
+    options = {field: option for option, field, _, _ in TRAIN_OPTIONS}
+    field = message.split(" ", 1)[0]
+    return f"{options[field]}: {message}" if field in options and message.startswith(f"{field} must") else message
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
     try:
+        check_args(args)
         return args.run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        parser.exit(2, f"tinymeta {args.command}: error: {err}\n")
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
+        parser.exit(2, f"tinymeta {args.command}: error: {_name_option(str(err))}\n")
+    except KeyboardInterrupt:  # outside the training loop, which saves and returns on its own
+        parser.exit(EXIT_INTERRUPTED, f"\ntinymeta {args.command}: interrupted\n")
 
 
 if __name__ == "__main__":

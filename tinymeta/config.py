@@ -41,6 +41,7 @@ class TrainConfig:
     algo_options: dict = field(default_factory=dict)  # fields of the algorithm's Config, e.g. {"inner_lr": 0.01}
     hidden: tuple | None = None  # None: the task's network (sinusoid: 40, 40; Finn et al. 2017, 5.1)
     activation: str = "relu"  # Finn et al. 2017, section 5.1
+    batchnorm: bool = False  # normalise hidden layers with the batch's statistics (Finn et al. 2017, Omniglot MLP)
     init: str | None = None  # scheme of MLP.init drawing theta; None: the task's ("maml" for sinusoid);
     #                          "algorithm": keep the draw of the algorithm's own init_params
     dtype: str = "float64"
@@ -131,7 +132,10 @@ class TrainConfig:
             raise ValueError(f"lr_step_factor must be in (0, 1], got {factor}")
         if self.clip_norm is not None:
             val.check_float(self.clip_norm, "clip_norm", positive=True)
-        self.net()  # validates activation, dtype, backend
+        if self.batchnorm is True and self.algo == "cavia":
+            raise ValueError("batchnorm must be False for cavia: the first layer's normalisation subtracts the "
+                             "column means and so cancels the context inputs, which are the same in every row")
+        self.net()  # validates activation, batchnorm, dtype, backend
 
     def _check_classification(self, algo, task):
         for name in ("ways", "train_ways"):
@@ -165,7 +169,7 @@ class TrainConfig:
         task, algo = registry.task(self.task), registry.algorithm(self.algo)
         d_out = self.ways if task.d_out is None else task.d_out
         net = MLP([task.d_in, *self.hidden, d_out], activation=self.activation, loss=task.loss,
-                  dtype=self.dtype, backend=self.backend)
+                  dtype=self.dtype, backend=self.backend, batchnorm=self.batchnorm)
         return net if algo.network is None else algo.network(net, self.algorithm_config())
 
     def to_dict(self) -> dict:

@@ -56,26 +56,37 @@ def task_scores(net, module, params, config, batch, steps):
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean, 95% interval and diverged count at each step; arrays of shape ``(steps + 1,)``."""
+    """Mean, 95% interval and diverged count at each step; arrays of shape ``(steps + 1,)``.
+
+    ``median``: the median over *all* tasks, diverged ones counted as the
+    worst score, so a few tasks that blow up without crossing the
+    divergence threshold cannot hide behind the mean (None in files
+    written before it existed).
+    """
 
     metric: str
     mean: np.ndarray
     ci95: np.ndarray
     diverged: np.ndarray
     n_tasks: int
+    median: np.ndarray | None = None
 
     def to_json(self) -> dict:
         """A JSON-ready dict (NaN, where every task diverged, becomes None)."""
         def clean(a):
             return [None if not np.isfinite(x) else float(x) for x in a]
-        return {"metric": self.metric, "mean": clean(self.mean), "ci95": clean(self.ci95),
-                "diverged": [int(d) for d in self.diverged], "n_tasks": self.n_tasks}
+        d = {"metric": self.metric, "mean": clean(self.mean), "ci95": clean(self.ci95),
+             "diverged": [int(d) for d in self.diverged], "n_tasks": self.n_tasks}
+        if self.median is not None:
+            d["median"] = clean(self.median)
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Summary":
         def arr(a):
             return np.array([np.nan if x is None else x for x in a], dtype=float)
-        return cls(d["metric"], arr(d["mean"]), arr(d["ci95"]), np.array(d["diverged"], dtype=int), d["n_tasks"])
+        return cls(d["metric"], arr(d["mean"]), arr(d["ci95"]), np.array(d["diverged"], dtype=int), d["n_tasks"],
+                   arr(d["median"]) if "median" in d else None)
 
 
 def summarize(scores, metric="mse"):
@@ -90,7 +101,9 @@ def summarize(scores, metric="mse"):
         if good.size:
             mean[s] = good.mean()
             ci95[s] = Z95 * good.std(ddof=1) / np.sqrt(good.size) if good.size > 1 else np.nan
-    return Summary(metric, mean, ci95, bad.sum(axis=0), scores.shape[0])
+    worst = np.inf if metric == "mse" else -np.inf
+    median = np.median(np.where(bad, worst, scores), axis=0)
+    return Summary(metric, mean, ci95, bad.sum(axis=0), scores.shape[0], median)
 
 
 def evaluate(net, module, params, config, batch, steps):

@@ -14,6 +14,7 @@ are zero in both (dead ReLUs), unlike an element-wise ratio.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -114,7 +115,7 @@ def relu_margin(net, theta, X) -> float:
     step ``eps`` cannot cross a ReLU kink if parameters move ``Z`` by less than this."""
     from .nn.reference import forward_pass
 
-    _, (_, Z) = forward_pass(net, np.asarray(theta, np.float64), np.asarray(X, np.float64))
+    Z = forward_pass(net, np.asarray(theta, np.float64), np.asarray(X, np.float64))[1][1]
     hidden = Z[:-1]
     return min(float(np.abs(z).min()) for z in hidden) if hidden else np.inf
 
@@ -184,15 +185,18 @@ class ReportRow(NamedTuple):
     rel_error: float
     tol: float
     passed: bool
+    batchnorm: bool = False
 
 
 def engine_report(sizes=(3, 8, 6, 4), seed: int = 0, tol: float = FD_TOL, n: int = 7,
-                  activations=("relu", "tanh"), losses=("mse", "xent"), backends=("numba", "numpy")):
+                  activations=("relu", "tanh"), losses=("mse", "xent"), backends=("numba", "numpy"),
+                  batchnorms=(False, True)):
     """Run every derivative check of the engine on small random nets.
 
-    For each activation, loss and backend (float64): ``check_mlp`` against
-    finite differences; then the Numba backend against the NumPy reference,
-    and float32 against float64. ReLU points are drawn away from the kinks.
+    For each activation, loss, batch normalisation setting and backend
+    (float64): ``check_mlp`` against finite differences; then the Numba
+    backend against the NumPy reference, and float32 against float64. ReLU
+    points are drawn away from the kinks.
 
     Returns
     -------
@@ -202,28 +206,30 @@ def engine_report(sizes=(3, 8, 6, 4), seed: int = 0, tol: float = FD_TOL, n: int
 
     rows = []
     rng = np.random.default_rng(seed)
-    for activation in activations:
-        for loss in losses:
-            out_size = max(sizes[-1], 2) if loss == "xent" else sizes[-1]
-            layer_sizes = tuple(sizes[:-1]) + (out_size,)
-            nets = {b: MLP(layer_sizes, activation=activation, loss=loss, backend=b) for b in backends}
-            theta, X, y = random_problem(next(iter(nets.values())), rng, n)
-            for backend, net in nets.items():
-                for r in check_mlp(net, theta, X, y, rng, tol=tol):
-                    rows.append(ReportRow(r.name, activation, loss, "float64", backend, r.rel_error, r.tol, r.passed))
-            v = rng.standard_normal(theta.size)
-            for backend, net in nets.items():
-                if backend != "numpy":
-                    ref = net.replace(backend="numpy")
-                    r = compare(f"{backend} = numpy reference (hvp)", net.hvp(theta, X, y, v),
-                                ref.hvp(theta, X, y, v), EXACT_TOL)
-                    rows.append(ReportRow(r.name, activation, loss, "float64", backend, r.rel_error, r.tol, r.passed))
-                net32 = net.replace(dtype="float32")
-                y32 = y if loss == "xent" else y.astype(np.float32)
-                r = compare("float32 = float64 (hvp)", net32.hvp(theta.astype(np.float32), X.astype(np.float32),
-                                                                 y32, v.astype(np.float32)),
-                            net.hvp(theta, X, y, v), FLOAT32_TOL)
-                rows.append(ReportRow(r.name, activation, loss, "float32", backend, r.rel_error, r.tol, r.passed))
+    for bn, activation, loss in itertools.product(batchnorms, activations, losses):
+        out_size = max(sizes[-1], 2) if loss == "xent" else sizes[-1]
+        layer_sizes = tuple(sizes[:-1]) + (out_size,)
+        nets = {b: MLP(layer_sizes, activation=activation, loss=loss, backend=b, batchnorm=bn) for b in backends}
+        theta, X, y = random_problem(next(iter(nets.values())), rng, n)
+
+        def row(r, dtype, backend):
+            return ReportRow(r.name, activation, loss, dtype, backend, r.rel_error, r.tol, r.passed, bn)
+
+        for backend, net in nets.items():
+            rows += [row(r, "float64", backend) for r in check_mlp(net, theta, X, y, rng, tol=tol)]
+        v = rng.standard_normal(theta.size)
+        for backend, net in nets.items():
+            if backend != "numpy":
+                ref = net.replace(backend="numpy")
+                r = compare(f"{backend} = numpy reference (hvp)", net.hvp(theta, X, y, v),
+                            ref.hvp(theta, X, y, v), EXACT_TOL)
+                rows.append(row(r, "float64", backend))
+            net32 = net.replace(dtype="float32")
+            y32 = y if loss == "xent" else y.astype(np.float32)
+            r = compare("float32 = float64 (hvp)", net32.hvp(theta.astype(np.float32), X.astype(np.float32),
+                                                             y32, v.astype(np.float32)),
+                        net.hvp(theta, X, y, v), FLOAT32_TOL)
+            rows.append(row(r, "float32", backend))
     return rows
 
 

@@ -46,20 +46,47 @@ class RunSpec:
     eval_shots: tuple
 
 
-def sinusoid_plan(algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_tasks=600, val_tasks=100) -> list:
-    """The runs of the sinusoid protocol, deduplicated (MAML at K = 10 serves both tables)."""
+def parse_budget(text: str) -> tuple:
+    """``"imaml=5000x1"`` -> ``("imaml", 5000, 1)``: an algorithm's iterations and, optionally, seed count."""
+    try:
+        algo, rest = text.split("=")
+        iterations, _, n_seeds = rest.partition("x")
+        budget = (algo.strip(), int(iterations), int(n_seeds) if n_seeds else None)
+    except ValueError:
+        raise ValueError(f"a budget must look like ALGO=ITERATIONS or ALGO=ITERATIONSxSEEDS (imaml=5000x1), "
+                         f"got {text!r}") from None
+    registry.algorithm(budget[0])
+    if budget[1] < 1 or (budget[2] is not None and budget[2] < 1):
+        raise ValueError(f"a budget's iterations and seed count must be positive, got {text!r}")
+    return budget
+
+
+def sinusoid_plan(algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_tasks=600, val_tasks=100,
+                  budgets=()) -> list:
+    """The runs of the sinusoid protocol, deduplicated (MAML at K = 10 serves both tables).
+
+    ``budgets``: ``(algo, iterations, n_seeds)`` triples (``parse_budget``) that give an algorithm
+    fewer iterations, or only the first ``n_seeds`` seeds, than the protocol's; the report says so.
+    """
     regression = {name for name, a in registry.ALGORITHMS.items() if a.kind == "gradient"}  # not the metric learners
     available = [a for a in ALGORITHM_ORDER if a in regression] + sorted(regression - set(ALGORITHM_ORDER))
     algorithms = available if algorithms is None else list(algorithms)
     for a in algorithms:
         registry.algorithm(a)
-    base = TrainConfig(iterations=iterations, eval_tasks=eval_tasks, val_tasks=val_tasks, eval_shots=TEST_SHOTS,
-                       eval_every=max(10, iterations // 20), checkpoint_every=max(1, min(5000, iterations // 10)),
-                       log_every=max(1, min(100, iterations // 200)))
+    budget = {algo: (its, n) for algo, its, n in budgets}
+
+    def base(its):
+        return TrainConfig(iterations=its, eval_tasks=eval_tasks, val_tasks=val_tasks, eval_shots=TEST_SHOTS,
+                           eval_every=max(10, its // 20), checkpoint_every=max(1, min(5000, its // 10)),
+                           log_every=max(1, min(100, its // 200)))
+
     specs = {}
 
     def add(algo, shots, seed, eval_shots):
-        config = replace(base, algo=algo, shots=shots, query=shots, seed=seed)
+        its, n_seeds = budget.get(algo, (iterations, None))
+        if n_seeds is not None and seed not in seeds[:n_seeds]:
+            return
+        config = replace(base(its), algo=algo, shots=shots, query=shots, seed=seed)
         name = f"{algo}-K{shots}-seed{seed}"
         prev = specs.get(name)
         specs[name] = RunSpec(name, config, tuple(sorted(set(prev.eval_shots if prev else ()) | {eval_shots})))
@@ -100,7 +127,8 @@ def run_spec(out_dir, spec: RunSpec, progress=False, should_stop=None) -> dict:
     _, _, iteration, _ = load_run(run_dir)
     for shots in spec.eval_shots:
         e = runs.read_evaluation(run_dir, shots)
-        if e is None or e["iteration"] != iteration or e["n_tasks"] != spec.config.eval_tasks:
+        if (e is None or e["iteration"] != iteration or e["n_tasks"] != spec.config.eval_tasks
+                or "median" not in e):
             e = runs.evaluate_run(run_dir, shots=shots)
         result["evaluations"][shots] = e
     if TEST_SHOTS in spec.eval_shots and not (run_dir / "training_curve.png").exists():
@@ -177,12 +205,12 @@ def run_plan(out_dir, specs, jobs=1, on_result=None) -> list:
 
 
 def reproduce_sinusoid(out_dir, algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_tasks=600, val_tasks=100,
-                       jobs=None, on_result=None, command="tinymeta reproduce sinusoid") -> Path:
+                       jobs=None, on_result=None, command="tinymeta reproduce sinusoid", budgets=()) -> Path:
     """Run the sinusoid protocol in ``out_dir``; write ``REPRODUCTION.md`` and figures there; return its path."""
     from .report import write_sinusoid_report
 
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
-    specs = sinusoid_plan(algorithms, seeds, iterations, eval_tasks, val_tasks)
+    specs = sinusoid_plan(algorithms, seeds, iterations, eval_tasks, val_tasks, budgets)
     start = time.perf_counter()
     results = run_plan(out_dir, specs, jobs, on_result)
     return write_sinusoid_report(Path(out_dir), specs, results, time.perf_counter() - start, jobs, command)

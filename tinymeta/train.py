@@ -91,14 +91,16 @@ def init_state(config: TrainConfig):
     return params, make_optimizer(config).init(params), data_rng
 
 
+DIVERGENCE_HINT = ("Hint: lower the outer learning rate (--outer-lr) or the algorithm's inner step size "
+                   "(--set inner_lr=...), or clip the meta-gradient's norm (--clip-norm).")
+
+
 def _last_good(run_dir, last_saved):
     return f"{run_dir / CHECKPOINT} (iteration {last_saved})" if last_saved is not None else "none was saved"
 
 
 def _check_finite(iteration, loss, grads, params, run_dir, last_saved):
-    where = _last_good(run_dir, last_saved)
-    hint = ("Hint: lower the outer learning rate or the algorithm's inner step size, or clip the "
-            "meta-gradient (clip_norm).")
+    where, hint = _last_good(run_dir, last_saved), DIVERGENCE_HINT
     problems = [] if math.isfinite(loss) else [f"the meta-loss is {loss}"]
     for kind, arrays in (("meta-gradient", grads), ("parameter", params)):
         problems += [f"the {kind} {k!r} has {int(np.size(v) - np.isfinite(v).sum())} non-finite entries"
@@ -133,11 +135,12 @@ class _StopRequest:
 
 def _prepare(run_dir: Path, config, resume: bool, overwrite: bool):
     path = run_dir / CHECKPOINT
+    if run_dir.is_dir():  # a writer killed mid-write leaves its temporary; the target itself is whole
+        checkpoint.remove_stale_temporaries(run_dir, OUTPUTS)
     if resume:
         if not path.exists():
             raise FileNotFoundError(f"resume needs a checkpoint, and {path} does not exist")
-        state = checkpoint.load(path)
-        saved = TrainConfig.from_dict(state["config"])
+        state, saved = _load_checked(path)
         if config is not None and config != saved:
             raise ValueError(f"config differs from the one saved in {path}; resume takes the saved one "
                              f"(pass config=None), or start a new run")
@@ -160,13 +163,39 @@ def _prepare(run_dir: Path, config, resume: bool, overwrite: bool):
     return config, {"params": params, "opt_state": opt_state, "rng": rng, "scalars": scalars}
 
 
+def _load_checked(path):
+    """``(state, config)`` of a verified checkpoint whose arrays fit its own config's network."""
+    state = checkpoint.load(path)
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as err:
+        raise checkpoint.CorruptCheckpoint(f"{path} holds an invalid config: {err}") from None
+    params, opt_state, _ = init_state(config)
+    checkpoint.check_like(state, params, opt_state, path)
+    scalars = state["scalars"]
+    it = scalars.get("iteration") if isinstance(scalars, dict) else None
+    if (isinstance(it, bool) or not isinstance(it, int) or not 0 <= it <= config.iterations
+            or not all(isinstance(scalars.get(k), (int, float)) for k in ("seconds", "loss_sum", "loss_count"))):
+        raise checkpoint.CorruptCheckpoint(f"{path} holds invalid counters {scalars!r}")
+    return state, config
+
+
 def read_log(run_dir) -> list:
     """The records of ``run_dir/log.jsonl`` (empty if there is none)."""
     path = Path(run_dir) / LOG
     if not path.exists():
         return []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for k, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if k == len(lines) - 1 and not line.endswith("\n"):  # torn by a kill mid-write: never checkpointed
+                break
+            raise ValueError(f"{path} line {k + 1} is not a JSON record ({err}); the log is corrupted") from None
+    return records
 
 
 def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite=False, until=None,
@@ -223,17 +252,29 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
                 t = sc["iteration"]
                 batch = tasks.sample(rng, config.meta_batch, config.shots, config.query, config.dtype).batch
                 try:
-                    loss, grads = module.meta_step(net, params, batch, algo_config)
+                    with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are caught below
+                        loss, grads = module.meta_step(net, params, batch, algo_config)
+                except FloatingPointError as err:  # finite params and tasks, non-finite values inside the step
+                    raise TrainingDiverged(f"training stopped at iteration {t + 1}: {config.algo}'s meta_step "
+                                           f"diverged inside (its inner adaptation or meta-gradient overflowed): "
+                                           f"{err}. Last good checkpoint: {_last_good(run_dir, last_saved)}. "
+                                           f"{DIVERGENCE_HINT}") from err
                 except RuntimeError as err:  # e.g. an inner solver that did not converge
                     raise TrainingStopped(f"training stopped at iteration {t + 1}: {config.algo}'s meta_step "
                                           f"raised {type(err).__name__}: {err}. Last good checkpoint: "
                                           f"{_last_good(run_dir, last_saved)}.") from err
                 loss = float(loss)
                 _check_finite(t + 1, loss, grads, {}, run_dir, last_saved)
-                sc["grad_norm"] = optim.global_norm(grads)
-                if config.clip_norm is not None:
-                    grads = optim.clip_by_global_norm(grads, config.clip_norm)
-                params, opt_state = opt.update(params, grads, opt_state, lr=learning_rate(config, t))
+                with np.errstate(over="ignore", invalid="ignore"):
+                    sc["grad_norm"] = optim.global_norm(grads)
+                    if not math.isfinite(sc["grad_norm"]):  # finite entries whose squares overflow
+                        raise TrainingDiverged(
+                            f"training stopped at iteration {t + 1}: the meta-gradient's norm overflowed (largest "
+                            f"entry {max(float(np.abs(g).max()) for g in grads.values()):.3g}). Last good "
+                            f"checkpoint: {_last_good(run_dir, last_saved)}. {DIVERGENCE_HINT}")
+                    if config.clip_norm is not None:
+                        grads = optim.clip_by_global_norm(grads, config.clip_norm)
+                    params, opt_state = opt.update(params, grads, opt_state, lr=learning_rate(config, t))
                 _check_finite(t + 1, loss, {}, params, run_dir, last_saved)
                 sc["iteration"], sc["loss_sum"], sc["loss_count"] = t + 1, sc["loss_sum"] + loss, sc["loss_count"] + 1
                 sc["seconds"] = time.perf_counter() - start
@@ -274,8 +315,8 @@ def load_run(run_dir):
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} holds no checkpoint ({CHECKPOINT}); train a run there first")
-    state = checkpoint.load(path)
-    return (TrainConfig.from_dict(state["config"]), state["params"], state["scalars"]["iteration"],
+    state, config = _load_checked(path)
+    return (config, state["params"], state["scalars"]["iteration"],
             state["scalars"]["seconds"])
 
 

@@ -26,12 +26,21 @@ def _as_array(x, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be an array, could not convert {_describe(x)}: {err}") from None
 
 
+class NonFiniteError(ValueError, FloatingPointError):
+    """An array that must be finite holds NaN or infinity.
+
+    A ``ValueError`` (bad input to a public function) and a ``FloatingPointError``:
+    when the input was computed -- a training step that diverged and fed the
+    engine non-finite parameters -- the training loop reports it as a divergence.
+    """
+
+
 def check_finite(a: np.ndarray, name: str) -> None:
-    """Raise ``ValueError`` if ``a`` holds NaN or infinity, naming the first one."""
+    """Raise ``NonFiniteError`` (a ``ValueError``) if ``a`` holds NaN or infinity, naming the first one."""
     if a.size and not np.isfinite(a).all():
         bad = np.argwhere(~np.isfinite(a))
         first = tuple(int(i) for i in bad[0])
-        raise ValueError(
+        raise NonFiniteError(
             f"{name} must be finite, got {len(bad)} non-finite value(s) "
             f"(first {a[first]} at index {first if a.ndim > 1 else first[0]})"
         )
@@ -59,8 +68,11 @@ def as_float_array(x, name: str, dtype, shape: tuple, finite: bool = True) -> np
     return a
 
 
-def as_labels(y, name: str, n: int, n_classes: int) -> np.ndarray:
-    """Check integer class labels of shape ``(n,)`` in ``0..n_classes-1``; return int64."""
+def as_labels(y, name: str, n: int, n_classes: int, source: str = "") -> np.ndarray:
+    """Check integer class labels of shape ``(n,)`` in ``0..n_classes-1``; return int64.
+
+    ``source``, e.g. " (the classes of y_support)", says where ``n_classes`` came from.
+    """
     a = _as_array(y, name)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class labels, got dtype {a.dtype}")
@@ -68,7 +80,7 @@ def as_labels(y, name: str, n: int, n_classes: int) -> np.ndarray:
         raise ValueError(f"{name} must have shape ({n},) (one label per row of X), got {a.shape}")
     if n and (a.min() < 0 or a.max() >= n_classes):
         raise ValueError(
-            f"{name} must hold labels in 0..{n_classes - 1}, got values from {a.min()} to {a.max()}"
+            f"{name} must hold labels in 0..{n_classes - 1}, got values from {a.min()} to {a.max()}{source}"
         )
     return np.ascontiguousarray(a, dtype=np.int64)
 

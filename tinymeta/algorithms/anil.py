@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import validation as val
-from . import inner_loop
+from . import inner_loop, protocol
 from .maml import check_inputs
 
 NAME = "anil"
@@ -73,7 +73,7 @@ def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_or
     (float, (net.n_params,) array): mean over tasks of ``L_Q(theta_K)`` and
     its exact gradient with respect to every entry of ``theta``.
     """
-    config = Config(inner_lr, inner_steps, bool(first_order))
+    config = Config(inner_lr, inner_steps, protocol.check_flag(first_order, "first_order"))
     theta, batch = check_inputs(net, theta, batch)
     mask = head_mask(net) if mask is None else check_mask(net, mask)
     loss, d_theta, _ = inner_loop.meta_loss_and_grad(net, theta, batch, config.inner_lr * mask,
@@ -100,6 +100,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Meta-loss and meta-gradient of one meta-batch, keyed like ``params``."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     loss, grad = meta_loss_and_grad(net, params["theta"], batch, config.inner_lr, config.inner_steps,
                                     config.first_order)
     return loss, {"theta": grad}
@@ -107,7 +108,9 @@ def meta_step(net, params, batch, config):
 
 def predict(net, params, X_support, y_support, X_query, steps, config):
     """Query outputs after ``0..steps`` head-only SGD steps: ``(steps+1, Q, d_out)``."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     theta = val.as_float_array(params["theta"], "theta", net.dtype, (net.n_params,))
+    X_support, y_support, X_query = protocol.check_task(net, X_support, y_support, X_query)
     steps = val.check_int(steps, "steps", minimum=0)
     return inner_loop.predictions(net, theta, X_support, y_support, X_query,
                                   config.inner_lr * head_mask(net), steps)

@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import validation as val
 from ..tasks import TaskBatch
-from . import inner_loop
+from . import inner_loop, protocol
 
 NAME = "cavia"
 
@@ -114,7 +114,7 @@ def meta_loss_and_grad(net, theta, batch, n_context=5, inner_lr=1.0, inner_steps
     (float, (net.n_params,) array): mean over tasks of ``L_Q(theta, phi_K)``
     and its exact gradient with respect to ``theta``.
     """
-    config = Config(n_context, inner_lr, inner_steps, bool(first_order))
+    config = Config(n_context, inner_lr, inner_steps, protocol.check_flag(first_order, "first_order"))
     model, w, precond = _setup(net, theta, config)
     batch = check_batch(net, batch, config.n_context)
     loss, d_w, _ = inner_loop.meta_loss_and_grad(model, w, batch, precond, config.inner_steps,
@@ -124,6 +124,7 @@ def meta_loss_and_grad(net, theta, batch, n_context=5, inner_lr=1.0, inner_steps
 
 def _setup(net, theta, config):
     """The adapter, ``w_0 = [theta; 0]`` and ``P = inner_lr * [0; 1]``."""
+    protocol.check_net(net)
     if net.sizes[0] <= config.n_context:
         raise ValueError(f"net.sizes[0] must exceed n_context = {config.n_context} (inputs are [X, context]), "
                          f"got {net.sizes[0]}; build the net with cavia.widen_input")
@@ -149,6 +150,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Meta-loss and meta-gradient of one meta-batch, keyed like ``params``."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     loss, grad = meta_loss_and_grad(net, params["theta"], batch, config.n_context, config.inner_lr,
                                     config.inner_steps, config.first_order)
     return loss, {"theta": grad}
@@ -156,9 +158,9 @@ def meta_step(net, params, batch, config):
 
 def predict(net, params, X_support, y_support, X_query, steps, config):
     """Query outputs after ``0..steps`` context steps from ``phi = 0``: ``(steps+1, Q, d_out)``."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     model, w, precond = _setup(net, params["theta"], config)
     steps = val.check_int(steps, "steps", minimum=0)
-    d_x = net.sizes[0] - config.n_context
-    X_support = val.as_float_array(X_support, "X_support", net.dtype, (None, d_x))
-    X_query = val.as_float_array(X_query, "X_query", net.dtype, (None, d_x))
+    X_support, y_support, X_query = protocol.check_task(net, X_support, y_support, X_query,
+                                                        d_in=net.sizes[0] - config.n_context)
     return inner_loop.predictions(model, w, X_support, y_support, X_query, precond, steps)

@@ -44,7 +44,8 @@ def check_episode(net, X_support, y_support, X_query, y_query=None, n_way=None):
     n_s = Xs.shape[0]
     # An N-way episode needs a support example per class, so N <= n_s.
     ys = val.as_labels(y_support, "y_support", n_s, n_s if n_way is None else n_way)
-    if n_way is None:
+    inferred = n_way is None
+    if inferred:
         n_way = int(ys.max()) + 1
     missing = np.setdiff1d(np.arange(n_way), ys)
     if missing.size:
@@ -52,7 +53,8 @@ def check_episode(net, X_support, y_support, X_query, y_query=None, n_way=None):
             f"y_support must hold every label 0..{n_way - 1} of a {n_way}-way episode; "
             f"class {int(missing[0])} has no support example (labels present: {np.unique(ys).tolist()})"
         )
-    yq = None if y_query is None else val.as_labels(y_query, "y_query", Xq.shape[0], n_way)
+    source = f" ({n_way} classes, read off y_support)" if inferred else ""
+    yq = None if y_query is None else val.as_labels(y_query, "y_query", Xq.shape[0], n_way, source)
     return Xs, ys, Xq, yq, n_way
 
 

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import validation as val
-from . import solvers
+from . import protocol, solvers
 from .maml import check_inputs
 
 NAME = "imaml"
@@ -175,6 +175,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Meta-loss and implicit meta-gradient of one meta-batch; raises ``ConvergenceError``."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     loss, grad, reports = meta_loss_grad_and_report(net, params["theta"], batch, config)
     check_reports(reports, config)
     return loss, {"theta": grad}
@@ -186,7 +187,9 @@ def predict(net, params, X_support, y_support, X_query, steps, config):
     Once the solve stops (tolerance met exactly, or no decrease possible) the
     last outputs repeat; non-finite outputs become NaN from that step on.
     """
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     theta = val.as_float_array(params["theta"], "theta", net.dtype, (net.n_params,))
+    X_support, y_support, X_query = protocol.check_task(net, X_support, y_support, X_query)
     steps = val.check_int(steps, "steps", minimum=0)
     out = []
     fun_and_grad, hvp = proximal_objective(net, theta, X_support, y_support, config.lam)

@@ -27,10 +27,18 @@ The algorithms differ only in ``P``: MAML ``alpha * 1``, Meta-SGD a learned
 vector, ANIL ``alpha`` times a mask of the head. ``model`` is anything with
 ``loss_and_grad(theta, X, y)`` and ``hvp(theta, X, y, v)``: an ``MLP``, or
 an adapter whose parameter vector includes extra variables (CAVIA's context).
+
+``meta_loss_and_grad`` and ``predictions`` run the whole meta-batch in one
+compiled call (``meta_batch.py``, ``tinymeta.nn.meta_kernels``) when the
+model is a plain ``MLP`` on the ``"numba"`` backend; the readable loops
+over tasks, ``reference_meta_loss_and_grad`` and ``reference_predictions``,
+are what they compute and what the tests pin them to.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from . import meta_batch
 
 
 def adapt(model, theta, X, y, precond, steps):
@@ -76,6 +84,22 @@ def task_meta_loss_and_grad(model, theta, X_support, y_support, X_query, y_query
 def meta_loss_and_grad(model, theta, batch, precond, steps, first_order=False):
     """Mean over the tasks of ``batch`` of ``task_meta_loss_and_grad``.
 
+    The compiled path (``meta_batch.meta_loss_and_grad``) when
+    ``meta_batch.supports`` the model and batch, else
+    ``reference_meta_loss_and_grad``; both give the same numbers.
+
+    Returns
+    -------
+    (float, (P,), (P,)): mean query loss, its gradient wrt ``theta`` and wrt ``P``.
+    """
+    if meta_batch.supports(model, batch.X_support, batch.y_support, batch.X_query, batch.y_query):
+        return meta_batch.meta_loss_and_grad(model, theta, batch, precond, steps, first_order)
+    return reference_meta_loss_and_grad(model, theta, batch, precond, steps, first_order)
+
+
+def reference_meta_loss_and_grad(model, theta, batch, precond, steps, first_order=False):
+    """Mean over the tasks of ``batch`` of ``task_meta_loss_and_grad``: a loop over tasks.
+
     Returns
     -------
     (float, (P,), (P,)): mean query loss, its gradient wrt ``theta`` and wrt ``P``.
@@ -93,6 +117,26 @@ def meta_loss_and_grad(model, theta, batch, precond, steps, first_order=False):
 def predictions(model, theta, X_support, y_support, X_query, precond, steps):
     """Query predictions after ``0, 1, ..., steps`` adaptation steps.
 
+    One task (``X_support`` of shape ``(K, d_in)``): ``reference_predictions``.
+    Stacked tasks (``(T, K, d_in)``, leading axis = task) give
+    ``(T, steps + 1, Q, d_out)``, in one compiled call when
+    ``meta_batch.supports`` the model, else task by task.
+
+    Returns
+    -------
+    (steps + 1, Q, d_out) array, or (T, steps + 1, Q, d_out) for stacked tasks
+    """
+    if np.ndim(X_support) == 3:
+        if meta_batch.supports(model, X_support, y_support, X_query):
+            return meta_batch.predictions(model, theta, X_support, y_support, X_query, precond, steps)
+        return np.stack([reference_predictions(model, theta, X_support[i], y_support[i], X_query[i],
+                                               precond, steps) for i in range(len(X_support))])
+    return reference_predictions(model, theta, X_support, y_support, X_query, precond, steps)
+
+
+def reference_predictions(model, theta, X_support, y_support, X_query, precond, steps):
+    """Query predictions of one task after ``0, 1, ..., steps`` adaptation steps.
+
     A task whose adaptation diverges (non-finite parameters) gets NaN
     predictions from that step on, so that evaluation can count it.
 
@@ -104,7 +148,8 @@ def predictions(model, theta, X_support, y_support, X_query, precond, steps):
     for _ in range(steps):
         if not np.all(np.isfinite(out[-1])):
             break
-        theta = theta - precond * model.loss_and_grad(theta, X_support, y_support)[1]
+        with np.errstate(over="ignore", invalid="ignore"):  # 0 * inf, overflow: a divergence, caught below
+            theta = theta - precond * model.loss_and_grad(theta, X_support, y_support)[1]
         if not np.all(np.isfinite(theta)):
             break
         out.append(model.forward(theta, X_query))

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import validation as val
 from ..tasks import TaskBatch
-from . import inner_loop
+from . import inner_loop, protocol
 
 NAME = "maml"
 
@@ -61,7 +61,7 @@ def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_or
     its exact gradient with respect to ``theta`` (FOMAML's approximation if
     ``first_order``).
     """
-    config = Config(inner_lr, inner_steps, bool(first_order))
+    config = Config(inner_lr, inner_steps, protocol.check_flag(first_order, "first_order"))
     theta, batch = check_inputs(net, theta, batch)
     precond = np.full_like(theta, config.inner_lr)
     loss, d_theta, _ = inner_loop.meta_loss_and_grad(net, theta, batch, precond, config.inner_steps,
@@ -71,6 +71,7 @@ def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_or
 
 def check_inputs(net, theta, batch):
     """Validated ``(theta, batch)`` for ``net`` (shapes, dtypes, finite values, labels)."""
+    protocol.check_net(net)
     if not isinstance(batch, TaskBatch):
         raise TypeError(f"batch must be a tinymeta.TaskBatch, got {type(batch).__name__}")
     theta = val.as_float_array(theta, "theta", net.dtype, (net.n_params,))
@@ -85,6 +86,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Meta-loss and meta-gradient of one meta-batch, keyed like ``params``."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     loss, grad = meta_loss_and_grad(net, params["theta"], batch, config.inner_lr, config.inner_steps,
                                     config.first_order)
     return loss, {"theta": grad}
@@ -92,6 +94,9 @@ def meta_step(net, params, batch, config):
 
 def predict(net, params, X_support, y_support, X_query, steps, config):
     """Query outputs after ``0..steps`` SGD steps of size ``inner_lr``: ``(steps+1, Q, d_out)``."""
-    theta = params["theta"]
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
+    theta = val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,))
+    X_support, y_support, X_query = protocol.check_task(net, X_support, y_support, X_query)
+    steps = val.check_int(steps, "steps", minimum=0)
     return inner_loop.predictions(net, theta, X_support, y_support, X_query,
                                   np.full_like(theta, config.inner_lr), steps)

@@ -38,6 +38,7 @@ import numpy as np
 from .. import validation as val
 from ..nn.losses import softmax
 from . import embedding as emb
+from . import protocol
 
 NAME = "matching"
 COSINE_EPS = 1e-8  # ours: the paper does not say how it guards the cosine at zero norm
@@ -104,6 +105,7 @@ def loss_and_grad(net, theta, X_support, y_support, X_query, y_query, eps=COSINE
 
     Shapes as in ``protonet.loss_and_grad``. Returns ``(float, (net.n_params,) array)``.
     """
+    eps = val.check_float(eps, "eps", positive=True)
     return _episode(net, theta, X_support, y_support, X_query, y_query, eps)[:2]
 
 
@@ -129,6 +131,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Mean episode loss over the batch and its gradient, keyed like ``params``."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     theta = val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,))
 
     def episode(Xs, ys, Xq, yq):
@@ -141,4 +144,5 @@ def meta_step(net, params, batch, config):
 def predict(net, params, X_support, y_support, X_query, steps, config):
     """Label distribution ``P``, shape ``(1, n_q, N)``: no adaptation, ``steps`` unused."""
     emb.check_steps(steps)
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     return probabilities(net, params["theta"], X_support, y_support, X_query, config.cosine_eps)[None]

@@ -46,7 +46,7 @@ from .. import validation as val
 from ..nn.activations import sigmoid
 from ..nn.losses import softmax
 from . import embedding as emb
-from . import matching
+from . import matching, protocol
 
 NAME = "matching_fce"
 LSTMS = ("forward", "backward", "attention")  # the layout of phi, in this order
@@ -187,6 +187,7 @@ def embedding_loss_and_grad(phi, S, y_support, Q, y_query, n_way, steps, eps=mat
 # ------------------------------------------------ through the embedding net
 def check_params(net, params):
     """``(theta, phi)`` validated against ``net``."""
+    params = protocol.check_params(params, ("theta", "phi"))
     return (val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,)),
             val.as_float_array(params["phi"], "params['phi']", net.dtype, (n_params(net.sizes[-1]),)))
 
@@ -202,6 +203,7 @@ def _episode(net, checked, config, X_support, y_support, X_query, y_query):
 
 def loss_and_grad(net, params, X_support, y_support, X_query, y_query, config=Config()):
     """FCE matching loss of one episode and its gradients ``{"theta", "phi"}``."""
+    protocol.check_config(config, Config)
     return _episode(net, check_params(net, params), config, X_support, y_support, X_query, y_query)[:2]
 
 
@@ -222,6 +224,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Mean FCE matching loss over the episodes and its gradients ``{"theta", "phi"}``."""
+    protocol.check_config(config, Config)
     checked = check_params(net, params)
     return emb.batch_mean(lambda *episode: _episode(net, checked, config, *episode), batch)
 
@@ -229,6 +232,7 @@ def meta_step(net, params, batch, config):
 def predict(net, params, X_support, y_support, X_query, steps, config):
     """Label distribution ``P``, shape ``(1, n_q, N)``: no adaptation, ``steps`` unused."""
     emb.check_steps(steps)
+    protocol.check_config(config, Config)
     theta, phi = check_params(net, params)
     Xs, ys, Xq, _, n_way = emb.check_episode(net, X_support, y_support, X_query)
     G, F, _ = context_embeddings(phi, *emb.embed(net, theta, Xs, Xq), config.processing_steps)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import validation as val
-from . import inner_loop
+from . import inner_loop, protocol
 from .maml import check_inputs
 
 NAME = "metasgd"
@@ -88,6 +88,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Meta-loss and meta-gradients ``{"theta": ..., "alpha": ...}`` of one meta-batch."""
+    params, config = protocol.check_params(params, ("theta", "alpha")), protocol.check_config(config, Config)
     loss, d_theta, d_alpha = meta_loss_and_grad(net, params["theta"], params["alpha"], batch,
                                                 config.inner_steps)
     return loss, {"theta": d_theta, "alpha": d_alpha}
@@ -99,7 +100,9 @@ def predict(net, params, X_support, y_support, X_query, steps, config):
     Steps beyond the first repeat the learned step; they can diverge (NaN
     from the step a task diverges).
     """
+    params, config = protocol.check_params(params, ("theta", "alpha")), protocol.check_config(config, Config)
     theta = val.as_float_array(params["theta"], "theta", net.dtype, (net.n_params,))
     alpha = val.as_float_array(params["alpha"], "alpha", net.dtype, (net.n_params,))
+    X_support, y_support, X_query = protocol.check_task(net, X_support, y_support, X_query)
     steps = val.check_int(steps, "steps", minimum=0)
     return inner_loop.predictions(net, theta, X_support, y_support, X_query, alpha, steps)

@@ -33,6 +33,7 @@ import numpy as np
 from .. import validation as val
 from ..nn.losses import softmax, xent_value_and_grad
 from . import embedding as emb
+from . import protocol
 
 NAME = "protonet"
 
@@ -147,6 +148,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Mean episode loss over the batch and its gradient ``{"theta": ...}``."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     theta = val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,))
 
     def episode(Xs, ys, Xq, yq):
@@ -163,4 +165,5 @@ def predict(net, params, X_support, y_support, X_query, steps, config):
     (validated, then unused), the prediction "after 0 steps".
     """
     emb.check_steps(steps)
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     return logits(net, params["theta"], X_support, y_support, X_query)[None]

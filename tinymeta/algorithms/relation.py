@@ -36,6 +36,7 @@ from .. import validation as val
 from ..nn import MLP
 from ..nn.activations import sigmoid
 from . import embedding as emb
+from . import protocol
 
 NAME = "relation"
 CLASS_EMBEDDINGS = ("sum", "mean")
@@ -115,6 +116,7 @@ def embedding_loss_and_grad(g, phi, E_support, y_support, E_query, y_query, n_wa
 # ------------------------------------------------ through the embedding net
 def check_params(net, g, params):
     """``(theta, phi)`` validated against ``net`` and ``g``."""
+    params = protocol.check_params(params, ("theta", "phi"))
     return (val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,)),
             val.as_float_array(params["phi"], "params['phi']", g.dtype, (g.n_params,)))
 
@@ -140,7 +142,7 @@ def loss_and_grad(net, params, X_support, y_support, X_query, y_query, config=Co
 
     Shapes as in ``protonet.loss_and_grad``; ``g = relation_net(net, config)``.
     """
-    g = relation_net(net, config)
+    g = relation_net(net, protocol.check_config(config, Config))
     return _episode(net, g, check_params(net, g, params), X_support, y_support, X_query, y_query,
                     config.class_embedding)[:2]
 
@@ -155,7 +157,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Mean relation loss over the episodes and its gradients ``{"theta", "phi"}``."""
-    g = relation_net(net, config)
+    g = relation_net(net, protocol.check_config(config, Config))
     checked = check_params(net, g, params)
     return emb.batch_mean(lambda *ep: _episode(net, g, checked, *ep, config.class_embedding), batch)
 
@@ -163,7 +165,7 @@ def meta_step(net, params, batch, config):
 def predict(net, params, X_support, y_support, X_query, steps, config):
     """Relation scores ``r``, shape ``(1, n_q, N)``: no adaptation, ``steps`` unused."""
     emb.check_steps(steps)
-    g = relation_net(net, config)
+    g = relation_net(net, protocol.check_config(config, Config))
     theta, phi = check_params(net, g, params)
     Xs, ys, Xq, _, n_way = emb.check_episode(net, X_support, y_support, X_query)
     _check_balanced(ys, config.class_embedding)

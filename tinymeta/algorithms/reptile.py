@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import optim
 from .. import validation as val
+from . import protocol
 from .maml import check_inputs
 
 NAME = "reptile"
@@ -132,6 +133,7 @@ def init_params(net, rng, config):
 def meta_step(net, params, batch, config):
     r"""Mean query loss at the adapted parameters, and the update direction
     :math:`\frac1T \sum_i (\theta - \tilde\theta_i)` under the key ``"theta"``."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     theta, batch = check_inputs(net, params["theta"], batch)
     loss, direction = 0.0, np.zeros_like(theta)
     for i in range(batch.n_tasks):
@@ -144,9 +146,10 @@ def meta_step(net, params, batch, config):
 
 def predict(net, params, X_support, y_support, X_query, steps, config):
     """Query outputs after ``0..steps`` inner steps: ``(steps+1, Q, d_out)``, NaN once diverged."""
+    params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     theta = val.as_float_array(params["theta"], "theta", net.dtype, (net.n_params,))
     steps = val.check_int(steps, "steps", minimum=0)
-    X_support = val.as_float_array(X_support, "X_support", net.dtype, (None, net.sizes[0]))
+    X_support, y_support, X_query = protocol.check_task(net, X_support, y_support, X_query)
     out = []
     for theta_k in iterates(net, theta, X_support, np.asarray(y_support), config):
         out.append(net.forward(theta_k, X_query))

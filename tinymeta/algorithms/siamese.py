@@ -36,6 +36,7 @@ import numpy as np
 from .. import validation as val
 from ..nn.activations import sigmoid, softplus
 from . import embedding as emb
+from . import protocol
 
 NAME = "siamese"
 
@@ -109,6 +110,7 @@ def match_probabilities(E_support, E_query, w, b):
 # ------------------------------------------------ through the embedding net
 def check_params(net, params):
     """``(theta, w, b)`` validated against ``net``: shapes ``(P,)``, ``(D,)``, ``(1,)``."""
+    params = protocol.check_params(params, ("theta", "w", "b"))
     return (val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,)),
             val.as_float_array(params["w"], "params['w']", net.dtype, (net.sizes[-1],)),
             val.as_float_array(params["b"], "params['b']", net.dtype, (1,)))
@@ -188,6 +190,7 @@ def init_params(net, rng, config):
 
 def meta_step(net, params, batch, config):
     """Mean balanced pair loss over the episodes and its gradients ``{"theta", "w", "b"}``."""
+    protocol.check_config(config, Config)
     checked = check_params(net, params)
     return emb.batch_mean(lambda *episode: _episode(net, checked, *episode), batch)
 
@@ -196,6 +199,7 @@ def predict(net, params, X_support, y_support, X_query, steps, config):
     """One-shot scores by nearest match, shape ``(1, n_q, N)``: the highest ``p`` of each
     query against each class's support examples. No adaptation: ``steps`` unused."""
     emb.check_steps(steps)
+    protocol.check_config(config, Config)
     theta, w, b = check_params(net, params)
     Xs, ys, Xq, _, n_way = emb.check_episode(net, X_support, y_support, X_query)
     Es, Eq = emb.embed(net, theta, Xs, Xq)

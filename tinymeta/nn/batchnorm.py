@@ -31,6 +31,14 @@ where the bar is the mean over rows. Nothing here is learned: in a
 normalised layer the layer's own bias is added *after* the normalisation
 (``Z = normalize(H W) + b``), which plays the role of batch norm's shift
 (the bias before the normalisation would be cancelled by it).
+
+This is the reference code's layer exactly: ``tf.contrib.layers.batch_norm``
+with its defaults ``center=True, scale=False, epsilon=1e-3,
+is_training=True`` (a learned offset, no learned scale, batch statistics
+always). There the offset is a variable of its own and the inner loop
+adapts only the weights and the (cancelled) biases before it; here the
+offset *is* ``b`` and a plain MAML step adapts it too. Zero the hidden
+biases in the preconditioner ``P`` (``inner_loop.py``) to freeze them.
 """
 from __future__ import annotations
 

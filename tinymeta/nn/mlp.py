@@ -7,7 +7,8 @@ shape ``(sizes[l+1],)``; ``unflatten`` returns views. Every method takes
 ``theta`` first, validates its inputs, and hands them to the backend chosen
 by ``backend``: ``"numpy"`` (``reference.py``, for reading and debugging) or
 ``"numba"`` (``numba_backend.py``, the compiled kernels). Both follow one
-contract and the tests pin them together.
+contract and the tests pin them together. ``batchnorm=True`` normalises
+the hidden layers (``batchnorm.py``) and leaves this layout unchanged.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .losses import get_loss
 BACKENDS = {"numpy": reference, "numba": numba_backend}
 DTYPES = ("float64", "float32")
 INIT_SCHEMES = ("he", "glorot", "maml")
+MIN_BATCHNORM_ROWS = 2  # batch statistics of a single row are degenerate (variance 0)
 MAML_INIT_STD = 0.01  # Finn et al. 2017 reference code: truncated normal, std 0.01
 
 
@@ -46,6 +48,13 @@ class MLP:
         so that derivative checks agree to ~1e-10).
     backend : {"numba", "numpy"}
         Compiled kernels, or the readable NumPy reference.
+    batchnorm : bool
+        Normalise every hidden layer over the rows of the batch it is given,
+        with that batch's own statistics (``tinymeta.nn.batchnorm``), as in
+        the MAML paper's Omniglot MLP: hidden layer ``l`` computes
+        ``Z = normalize(H W) + b`` (``b`` is batch norm's learned offset; no
+        learned scale), the output layer stays ``Z = H W + b``. The layout of
+        ``theta`` does not change. Inputs then need at least 2 rows.
 
     Examples
     --------
@@ -60,11 +69,15 @@ class MLP:
     loss_name: str  # the constructor's ``loss``; ``loss`` itself is the method L(theta)
     dtype: str
     backend: str
+    batchnorm: bool
 
-    def __init__(self, sizes, activation="relu", loss="mse", dtype="float64", backend="numba"):
+    def __init__(self, sizes, activation="relu", loss="mse", dtype="float64", backend="numba", batchnorm=False):
         for name, value in (("activation", activation), ("loss_name", loss),
                             ("dtype", dtype), ("backend", backend)):
             object.__setattr__(self, name, value)
+        if not isinstance(batchnorm, (bool, np.bool_)):
+            raise TypeError(f"batchnorm must be True or False, got {batchnorm!r}")
+        object.__setattr__(self, "batchnorm", bool(batchnorm))
         if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
             raise TypeError(f"sizes must be a sequence of layer widths, got {sizes!r}")
         sizes = tuple(val.check_int(s, f"sizes[{i}]", minimum=1) for i, s in enumerate(sizes))
@@ -88,7 +101,7 @@ class MLP:
     def config(self) -> dict:
         """The constructor arguments as a JSON-ready dict: ``MLP(**net.config()) == net``."""
         return {"sizes": list(self.sizes), "activation": self.activation, "loss": self.loss_name,
-                "dtype": self.dtype, "backend": self.backend}
+                "dtype": self.dtype, "backend": self.backend, "batchnorm": self.batchnorm}
 
     def replace(self, **changes):
         """A copy with some constructor arguments changed, e.g. ``net.replace(dtype="float32")``."""
@@ -167,7 +180,12 @@ class MLP:
         return val.as_float_array(theta, name, self.dtype, (self.n_params,))
 
     def _X(self, X):
-        return val.as_float_array(X, "X", self.dtype, (None, self.sizes[0]))
+        X = val.as_float_array(X, "X", self.dtype, (None, self.sizes[0]))
+        if self.batchnorm and self.n_layers > 1 and X.shape[0] < MIN_BATCHNORM_ROWS:
+            raise ValueError(f"X must have at least {MIN_BATCHNORM_ROWS} rows with batchnorm=True (each hidden layer "
+                             f"is normalised over the rows; one row normalises to 0 and the output would not "
+                             f"depend on X), got {X.shape[0]}")
+        return X
 
     def _y(self, y, n):
         if self.loss_name == "xent":

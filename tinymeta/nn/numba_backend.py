@@ -1,5 +1,6 @@
 """The Numba backend: ``reference.py``'s public functions, same signatures,
-running on the compiled kernels of ``kernels.py``.
+running on the compiled kernels of ``kernels.py`` (``bn_kernels.py`` for a
+net with ``batchnorm=True``).
 
 Workspaces are allocated once per call and handed to the kernels; no
 kernel allocates. Inputs are assumed validated (``MLP`` does that).
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import bn_kernels as BK
 from . import kernels as K
 from .activations import get_activation
+from .batchnorm import BN_EPS
 from .losses import MSE, get_loss
-
 
 
 def _no_dx(theta):
@@ -31,11 +33,16 @@ class _Workspace:
         self.D = np.empty(2 * n * max(sizes), dt)
         self.dout = np.empty((n, sizes[-1]), dt)
         self.P = np.empty((n, sizes[-1]), dt)  # softmax probabilities (xent)
+        if net.batchnorm:  # layout: bn_kernels.py docstring
+            self.Xh = np.empty_like(self.Z)
+            self.S = np.empty(sum(sizes[1:]), dt)
         if tangents:
             self.Hd = np.empty_like(self.H)
             self.Zd = np.empty_like(self.Z)
             self.Dd = np.empty_like(self.D)
             self.dout_dot = np.empty_like(self.dout)
+            if net.batchnorm:
+                self.Ad = np.empty_like(self.Z)
 
     def out(self, net):
         return self.Z[self.Z.shape[0] - self.n * net.sizes[-1]:].reshape(self.n, net.sizes[-1])
@@ -54,8 +61,18 @@ def _act(net):
 
 def _forward(net, theta, X, tangents=False):
     ws = _Workspace(net, X.shape[0], tangents)
-    K.forward_kernel(theta, X, _sizes(net), _act(net), ws.H, ws.Z)
+    if net.batchnorm:
+        BK.forward_bn_kernel(theta, X, _sizes(net), _act(net), BN_EPS, ws.H, ws.Z, ws.Xh, ws.S)
+    else:
+        K.forward_kernel(theta, X, _sizes(net), _act(net), ws.H, ws.Z)
     return ws
+
+
+def _backward(net, theta, ws, dout, grad, dX):
+    if net.batchnorm:
+        BK.backward_bn_kernel(theta, _sizes(net), _act(net), ws.H, ws.Z, ws.Xh, ws.S, dout, grad, ws.D, dX)
+    else:
+        K.backward_kernel(theta, _sizes(net), _act(net), ws.H, ws.Z, dout, grad, ws.D, dX)
 
 
 def _loss_into(net, ws, y):
@@ -79,7 +96,7 @@ def loss_and_grad(net, theta, X, y, input_grad=False):
     value = _loss_into(net, ws, y)
     grad = np.empty_like(theta)
     dX = np.empty_like(X) if input_grad else _no_dx(theta)
-    K.backward_kernel(theta, _sizes(net), _act(net), ws.H, ws.Z, ws.dout, grad, ws.D, dX)
+    _backward(net, theta, ws, ws.dout, grad, dX)
     return (float(value), grad, dX) if input_grad else (float(value), grad)
 
 
@@ -87,7 +104,7 @@ def vjp(net, theta, X, dout, input_grad=False):
     ws = _forward(net, theta, X)
     grad = np.empty_like(theta)
     dX = np.empty_like(X) if input_grad else _no_dx(theta)
-    K.backward_kernel(theta, _sizes(net), _act(net), ws.H, ws.Z, dout, grad, ws.D, dX)
+    _backward(net, theta, ws, dout, grad, dX)
     return (grad, dX) if input_grad else grad
 
 
@@ -95,7 +112,11 @@ def _tangent_forward(net, theta, X, v, X_dot):
     ws = _forward(net, theta, X, tangents=True)
     if X_dot is not None:
         ws.Hd[:X_dot.size] = X_dot.ravel()
-    K.r_forward_kernel(theta, v, _sizes(net), _act(net), ws.H, ws.Z, ws.Hd, ws.Zd, X_dot is not None)
+    if net.batchnorm:
+        BK.r_forward_bn_kernel(theta, v, _sizes(net), _act(net), ws.H, ws.Z, ws.Xh, ws.S, ws.Hd, ws.Zd, ws.Ad,
+                               X_dot is not None)
+    else:
+        K.r_forward_kernel(theta, v, _sizes(net), _act(net), ws.H, ws.Z, ws.Hd, ws.Zd, X_dot is not None)
     return ws
 
 
@@ -113,6 +134,10 @@ def hvp(net, theta, X, y, v, X_dot=None, input_grad=False):
         K.xent_r_kernel(ws.P, ws.out_dot(net), ws.dout_dot)
     grad, hv = np.empty_like(theta), np.empty_like(theta)
     dX, dX_dot = (np.empty_like(X), np.empty_like(X)) if input_grad else (_no_dx(theta), _no_dx(theta))
-    K.r_backward_kernel(theta, v, sizes, act, ws.H, ws.Z, ws.Hd, ws.Zd, ws.dout, ws.dout_dot,
-                        grad, hv, ws.D, ws.Dd, X_dot is not None, dX, dX_dot)
+    if net.batchnorm:
+        BK.r_backward_bn_kernel(theta, v, sizes, act, ws.H, ws.Z, ws.Xh, ws.S, ws.Hd, ws.Zd, ws.Ad, ws.dout,
+                                ws.dout_dot, grad, hv, ws.D, ws.Dd, X_dot is not None, dX, dX_dot)
+    else:
+        K.r_backward_kernel(theta, v, sizes, act, ws.H, ws.Z, ws.Hd, ws.Zd, ws.dout, ws.dout_dot,
+                            grad, hv, ws.D, ws.Dd, X_dot is not None, dX, dX_dot)
     return (hv, dX_dot) if input_grad else hv

@@ -24,6 +24,18 @@ R-operator (Pearlmutter 1994) in a direction ``v`` laid out like ``theta``,
 
 ``hv = (hW, hb)`` flattened is exactly ``(d^2 L / d theta^2) v``.
 
+Batch normalisation (``net.batchnorm``, hidden layers only; ``batchnorm.py``
+holds the operator ``J`` of ``normalize`` and its R-backward rule)::
+
+    A[l] = H[l] @ W[l],   (X_hat[l], sigma[l]) = normalize(A[l]),   Z[l] = X_hat[l] + b[l]
+    backward:   gb[l] = sum_rows delta,   delta <- J delta   (now dL/dA[l]), then as above
+    R-forward:  A_dot[l] = H_dot[l] @ W[l] + H[l] @ V[l],   Z_dot[l] = J A_dot[l] + c[l]
+    R-backward: hb[l] = sum_rows delta_dot,
+                (delta, delta_dot) <- (J delta, normalize_r_backward(..., A_dot[l], delta, delta_dot))
+
+so a normalised layer is an ordinary layer whose ``delta`` passes through
+``J`` between the bias and the weights.
+
 Every public function here has a twin with the same signature in
 ``numba_backend.py``; ``tests/test_backends.py`` pins the two together.
 Inputs are assumed validated (``MLP`` does that before calling).
@@ -33,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import get_activation
+from .batchnorm import normalize, normalize_apply, normalize_r_backward
 from .losses import get_loss
 
 
@@ -43,17 +56,24 @@ def forward_pass(net, theta, X):
     Returns
     -------
     out : (n, d_out)
-    cache : (H, Z), lists of the layer inputs ``H[l]`` (``H[0] = X``) and
-        pre-activations ``Z[l]``.
+    cache : (H, Z, N), lists of the layer inputs ``H[l]`` (``H[0] = X``),
+        pre-activations ``Z[l]``, and ``N[l] = (X_hat[l], sigma[l])`` for a
+        normalised layer (None otherwise).
     """
     act = get_activation(net.activation)
     layers = net.unflatten(theta)
-    H, Z = [X], []
+    H, Z, N = [X], [], []
     for l, (W, b) in enumerate(layers):
-        Z.append(H[l] @ W + b)
-        if l < len(layers) - 1:
+        hidden = l < len(layers) - 1
+        if net.batchnorm and hidden:
+            N.append(normalize(H[l] @ W))
+            Z.append(N[l][0] + b)
+        else:
+            N.append(None)
+            Z.append(H[l] @ W + b)
+        if hidden:
             H.append(act.f(Z[l]))
-    return Z[-1], (H, Z)
+    return Z[-1], (H, Z, N)
 
 
 def backward_pass(net, theta, cache, dout, input_grad=False):
@@ -62,7 +82,7 @@ def backward_pass(net, theta, cache, dout, input_grad=False):
     With ``input_grad=True`` also returns ``dX = dL/dX`` (n, d_in).
     """
     act = get_activation(net.activation)
-    H, Z = cache
+    H, Z, N = cache
     layers = net.unflatten(theta)
     grad = np.empty_like(theta)
     grads = net.unflatten(grad)
@@ -70,8 +90,10 @@ def backward_pass(net, theta, cache, dout, input_grad=False):
     for l in reversed(range(len(layers))):
         W = layers[l][0]
         gW, gb = grads[l]
-        gW[...] = H[l].T @ delta
         gb[...] = delta.sum(axis=0)
+        if N[l] is not None:
+            delta = normalize_apply(*N[l], delta)  # dL/dA[l]
+        gW[...] = H[l].T @ delta
         if l > 0:
             delta = (delta @ W.T) * act.d1(Z[l - 1])
     if input_grad:
@@ -88,18 +110,24 @@ def r_forward_pass(net, theta, v, cache, X_dot=None):
     Returns
     -------
     out_dot : (n, d_out)
-    tangents : (H_dot, Z_dot), laid out like the cache.
+    tangents : (H_dot, Z_dot, A_dot), laid out like the cache; ``A_dot[l]``
+        is ``R{H[l] @ W[l]}`` for a normalised layer (None otherwise).
     """
     act = get_activation(net.activation)
-    H, Z = cache
+    H, Z, N = cache
     layers = net.unflatten(theta)
     directions = net.unflatten(v)
-    H_dot, Z_dot = [np.zeros_like(H[0]) if X_dot is None else X_dot], []
+    H_dot, Z_dot, A_dot = [np.zeros_like(H[0]) if X_dot is None else X_dot], [], []
     for l, ((W, _), (V, c)) in enumerate(zip(layers, directions)):
-        Z_dot.append(H_dot[l] @ W + H[l] @ V + c)
+        if N[l] is not None:
+            A_dot.append(H_dot[l] @ W + H[l] @ V)
+            Z_dot.append(normalize_apply(*N[l], A_dot[l]) + c)
+        else:
+            A_dot.append(None)
+            Z_dot.append(H_dot[l] @ W + H[l] @ V + c)
         if l < len(layers) - 1:
             H_dot.append(act.d1(Z[l]) * Z_dot[l])
-    return Z_dot[-1], (H_dot, Z_dot)
+    return Z_dot[-1], (H_dot, Z_dot, A_dot)
 
 
 def r_backward_pass(net, theta, v, cache, tangents, dout, dout_dot, input_grad=False):
@@ -110,8 +138,8 @@ def r_backward_pass(net, theta, v, cache, tangents, dout, dout_dot, input_grad=F
     ``R{dX} = delta_dot[0] @ W[0].T + delta[0] @ V[0].T``.
     """
     act = get_activation(net.activation)
-    H, Z = cache
-    H_dot, Z_dot = tangents
+    H, Z, N = cache
+    H_dot, Z_dot, A_dot = tangents
     layers = net.unflatten(theta)
     directions = net.unflatten(v)
     grad, hv = np.empty_like(theta), np.empty_like(theta)
@@ -121,10 +149,13 @@ def r_backward_pass(net, theta, v, cache, tangents, dout, dout_dot, input_grad=F
         W, V = layers[l][0], directions[l][0]
         gW, gb = grads[l]
         hW, hb = hvs[l]
-        gW[...] = H[l].T @ delta
         gb[...] = delta.sum(axis=0)
-        hW[...] = H_dot[l].T @ delta + H[l].T @ delta_dot
         hb[...] = delta_dot.sum(axis=0)
+        if N[l] is not None:  # through the normalisation: dL/dA[l] and its tangent
+            delta, delta_dot = (normalize_apply(*N[l], delta),
+                                normalize_r_backward(*N[l], A_dot[l], delta, delta_dot))
+        gW[...] = H[l].T @ delta
+        hW[...] = H_dot[l].T @ delta + H[l].T @ delta_dot
         if l > 0:
             back = delta @ W.T
             delta_dot = ((delta_dot @ W.T + delta @ V.T) * act.d1(Z[l - 1])

@@ -85,7 +85,11 @@ def to_batch(data: ImageClasses, index: EpisodeIndex, dtype="float64") -> TaskBa
     ``X_query (T, N*Q, 784)``, ``y_query (T, N*Q)`` int64; X in ``dtype``,
     ink = 1.0, paper = 0.0.
     """
-    if np.dtype(dtype).kind != "f":
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:
+        kind = None
+    if kind != "f":
         raise TypeError(f"dtype must be a floating-point type such as float64 or float32, got {dtype!r}")
     T, N, KQ = index.drawings.shape
     K, Q = index.k_shot, KQ - index.k_shot

@@ -72,7 +72,11 @@ def _check_counts(n_tasks, n_support, n_query):
 
 
 def _dtype(dtype):
-    if np.dtype(dtype).name not in ("float64", "float32"):
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in ("float64", "float32"):
         raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
     return np.dtype(dtype)
 
