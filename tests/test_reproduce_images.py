@@ -23,6 +23,9 @@ def test_the_plan_follows_the_protocol():
     assert quick[0].config.iterations == rep.QUICK["iterations"] and quick[0].config.eval_tasks == 600
     assert rep.image_plan("glyphs", algorithms=["protonet"], settings=["5w1s"], quick=True,
                           iterations=7)[0].config.iterations == 7
+    normalised = {s.name: s.config for s in rep.image_plan("glyphs", settings=["5w1s"], batchnorm=True)}
+    assert normalised["maml-5w1s-seed0"].batchnorm and normalised["maml-5w1s-seed0"].algorithm_config().inner_lr == 2.0
+    assert not normalised["protonet-5w1s-seed0"].batchnorm and not by["maml-5w1s-seed0"].batchnorm
     with pytest.raises(ValueError, match="settings must be among"):
         rep.image_plan("glyphs", settings=["3w1s"])
 

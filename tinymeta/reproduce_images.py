@@ -79,11 +79,14 @@ def resolve_source(source="auto", data_root=None) -> str:
 
 
 def image_plan(source="omniglot", algorithms=None, seeds=(0,), settings=None, iterations=None, quick=False,
-               eval_tasks=600, val_tasks=100, data_root=None, hidden=None) -> list:
+               eval_tasks=600, val_tasks=100, data_root=None, hidden=None, batchnorm=False) -> list:
     """The runs of the image protocol: every algorithm at every setting and seed.
 
     ``iterations``: per run (default: ``QUICK`` with ``quick``, else the protocol's 60 000).
     ``hidden``: other hidden widths than the protocol's (tests use tiny ones).
+    ``batchnorm``: the gradient-based learners' network normalises its hidden layers, as Finn et al.'s
+    (their inner step then becomes the paper's 2.0 on the mean loss). The metric learners stay without:
+    they embed support and query sets in separate passes, which batch statistics would set apart.
     """
     if source not in ("omniglot", "glyphs"):
         raise ValueError(f"source must be 'omniglot' or 'glyphs', got {source!r}")
@@ -108,6 +111,8 @@ def image_plan(source="omniglot", algorithms=None, seeds=(0,), settings=None, it
                 extra = {"meta_batch": GRADIENT_20WAY["meta_batch"],
                          "test_steps": GRADIENT_20WAY["test_steps"] if algo != "metasgd" else 1}
                 options = {"inner_steps": GRADIENT_20WAY["inner_steps"]} if algo != "metasgd" else {}
+            if batchnorm and registry.algorithm(algo).kind == "gradient":
+                extra["batchnorm"] = True
             for seed in seeds:
                 config = TrainConfig(algo=algo, task=source, ways=ways, shots=shots, seed=seed, iterations=iterations,
                                      eval_tasks=eval_tasks, val_tasks=val_tasks, data_root=data_root, hidden=hidden,
@@ -211,13 +216,17 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
                                       if source == "omniglot" else
                                       "1200 classes to meta-train, 100 to validate, 423 to test, 28x28."),
               f"- Network: 784-{'-'.join(map(str, first.hidden))}-N, {first.activation}, He initialisation, "
-              "**no batch norm** (Finn et al.'s model normalises every hidden layer). The metric learners "
+              + ("batch norm with the batch's own statistics after every hidden layer for the gradient-based "
+                 "learners, as Finn et al.'s model. " if any(sp.config.batchnorm for sp in specs) else
+                 "**no batch norm** (Finn et al.'s model normalises every hidden layer; `--batchnorm` adds it). ")
+              + "The metric learners "
               "(ProtoNet, Matching Nets with and without FCE, Siamese, Relation Net) embed with the same network "
               "without its N-way head (784-256-128-64-64).",
               f"- Gradient-based learners: inner step alpha = "
-              f"{registry.TASKS[source].algorithm_defaults['maml']['inner_lr']} on the mean cross-entropy (the "
-              "reference's 0.4 on its support-summed loss is 2.0 on a mean; without batch norm, repeated steps at "
-              "2.0 fall to chance, see registry.IMAGE_ALGORITHM_DEFAULTS), "
+              f"{'/'.join(sorted({str(sp.config.algorithm_config().inner_lr) for sp in specs if sp.config.algo == 'maml'})) or '–'}"
+              " on the mean cross-entropy (the reference's 0.4 on its support-summed loss is 2.0 on a mean, used "
+              "with batch norm; without batch norm, repeated steps at 2.0 fall to chance and 0.4 is ours, see "
+              "registry.IMAGE_ALGORITHM_DEFAULTS), "
               "1 inner step and meta-batch 32 for 5-way, 5 steps and meta-batch 16 for 20-way; MAML, FOMAML and "
               "ANIL tested after 3 steps (5-way) or 5 (20-way) at the same alpha, Meta-SGD after 1; Reptile with "
               "inner Adam (1e-3, 5 steps), outer SGD 1.0 annealed to 0, 5 tasks per batch, tested after 50 steps.",
