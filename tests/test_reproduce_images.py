@@ -23,6 +23,9 @@ def test_the_plan_follows_the_protocol():
     assert quick[0].config.iterations == rep.QUICK["iterations"] and quick[0].config.eval_tasks == 600
     assert rep.image_plan("glyphs", algorithms=["protonet"], settings=["5w1s"], quick=True,
                           iterations=7)[0].config.iterations == 7
+    normalised = {s.name: s.config for s in rep.image_plan("glyphs", settings=["5w1s"], batchnorm=True)}
+    assert normalised["maml-5w1s-seed0"].batchnorm and normalised["maml-5w1s-seed0"].algorithm_config().inner_lr == 2.0
+    assert not normalised["protonet-5w1s-seed0"].batchnorm and not by["maml-5w1s-seed0"].batchnorm
     with pytest.raises(ValueError, match="settings must be among"):
         rep.image_plan("glyphs", settings=["3w1s"])
 
@@ -67,6 +70,9 @@ def test_a_tiny_reproduction_on_glyphs_fills_the_image_section(tmp_path):
     s = maml["test_steps"]
     assert f"{100 * maml['mean'][s]:.1f} ± {100 * maml['ci95'][s]:.1f}" in row
     assert (tmp_path / "runs" / "accuracy_vs_steps_5w1s.png").exists()
+    steps_row = next(line for line in written.splitlines() if line.startswith("| maml | 5-way 1-shot |"))
+    assert f"{100 * maml['mean'][1]:.1f} ± {100 * maml['ci95'][1]:.1f}" in steps_row  # after 1 step
+    assert not any(line.startswith("| protonet | 5-way") for line in written.splitlines())  # it does not adapt
     # resumable: a second call reuses the finished runs
     again, _ = rep.run_images(tmp_path / "runs", specs, jobs=1)
     assert [r["evaluations"][1]["train_seconds"] for r in again] == [r["evaluations"][1]["train_seconds"]

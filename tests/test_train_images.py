@@ -60,6 +60,9 @@ def test_protocol_defaults_and_explicit_settings_win():
     assert (p.eval_steps, p.test_steps) == (0, 0)
     assert (TrainConfig(algo="relation", task="glyphs").meta_batch, TrainConfig(algo="siamese", task="glyphs").query) == (1, 5)
     assert TrainConfig(algo="protonet", task="glyphs", train_ways=30, query=2).train_ways == 30
+    bn = TrainConfig(algo="maml", task="glyphs", batchnorm=True)  # the paper's network takes the paper's step
+    assert bn.algorithm_config().inner_lr == 2.0 and bn.net().batchnorm
+    assert TrainConfig(algo="protonet", task="glyphs", batchnorm=True).net().batchnorm  # the embedding keeps it
     m = TrainConfig(algo="maml", task="glyphs", shots=5)
     assert (m.meta_batch, m.query, m.eval_shots, m.eval_query, m.test_steps) == (32, 5, 5, 15, 3)
     assert m.algorithm_config().inner_lr == 0.4
@@ -168,3 +171,10 @@ def test_metric_learners_default_to_images_and_glyphs_without_archives(monkeypat
     if HAVE_OMNIGLOT:
         monkeypatch.setenv("TINYMETA_OMNIGLOT", str(SHARED))
         assert cli_images.default_task("relation") == "omniglot"
+
+
+def test_maml_with_batchnorm_trains_on_glyphs(tmp_path):
+    config = _config("maml", batchnorm=True, shots=2)  # batch statistics need >= 2 rows: 3-way 2-shot is 6
+    result = train(tmp_path, config, progress=False)
+    assert result.status == "finished" and load_run(tmp_path)[0].net().batchnorm
+    assert 0 <= runs.evaluate_run(tmp_path)["mean"][config.test_steps] <= 1

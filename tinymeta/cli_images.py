@@ -65,6 +65,8 @@ def add_reproduce_arguments(p) -> None:
                    help="omniglot: the images (auto: Omniglot if the archives are found, else glyphs)")
     p.add_argument("--data-root", default=None, help="omniglot: folder of the archives (default: "
                                                      "$TINYMETA_OMNIGLOT, else the cache folder)")
+    p.add_argument("--batchnorm", action="store_true", help="omniglot: batch norm in the gradient-based learners' "
+                                                              "network, as Finn et al.'s (inner step 2.0)")
     p.add_argument("--settings", type=lambda t: tuple(t.split(",")), default=None,
                    help="omniglot: comma-separated subset of 5w1s,5w5s,20w1s,20w5s (default: all four)")
 
@@ -76,9 +78,9 @@ def cmd_reproduce(args, exit_interrupted: int) -> int:
     source = rep.resolve_source(args.source, args.data_root)
     specs = rep.image_plan(source, algorithms=args.algorithms, seeds=args.seeds or (0,), settings=args.settings,
                            iterations=args.iterations, quick=args.quick, eval_tasks=args.eval_tasks,
-                           val_tasks=args.val_tasks, data_root=args.data_root)
+                           val_tasks=args.val_tasks, data_root=args.data_root, batchnorm=args.batchnorm)
     jobs = args.jobs or 1
-    print(rep.format_plan(specs, jobs))
+    print(rep.format_plan(specs, jobs, estimate=args.dry_run))  # the estimate times every run: dry runs only
     if args.dry_run:
         return 0
 

@@ -91,6 +91,8 @@ class TrainConfig:
             value = next((layer[name] for layer in layers if name in layer), None)
             if isinstance(value, registry.SameAs):
                 value = getattr(self, value.field)
+            if isinstance(value, registry.WithBatchnorm):
+                value = value.value(self.batchnorm)
             if name == "train_ways" and value is None:
                 value = self.ways
             object.__setattr__(self, name, value)
@@ -155,7 +157,9 @@ class TrainConfig:
         algo = registry.algorithm(self.algo)
         names = {f.name for f in fields(algo.module.Config)}
         protocol = registry.task(self.task).algorithm_defaults.get(self.algo, {})
-        return algo.config(**{**{k: v for k, v in protocol.items() if k in names}, **self.algo_options})
+        protocol = {k: v.value(self.batchnorm) if isinstance(v, registry.WithBatchnorm) else v
+                    for k, v in protocol.items() if k in names}
+        return algo.config(**{**protocol, **self.algo_options})
 
     def task_family(self):
         """What draws the training and fixed tasks (the sinusoid module; an ``ImageFamily``)."""

@@ -34,6 +34,7 @@ ALGORITHM_ORDER = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "
 GRADIENT_20WAY = {"meta_batch": 16, "inner_steps": 5, "test_steps": 5}  # Finn et al. reference code, 20-way
 QUICK = {"iterations": 100, "eval_tasks": 600, "val_tasks": 20}  # shows the pipeline, not the papers
 PROTOCOL_ITERATIONS = 60_000  # Finn et al. reference code, Omniglot
+STEP_COLUMNS = (1, 3, 5, 10)  # REPRODUCTION-NOTES: report accuracy after each of 1, 3, 5, 10 steps
 
 # Published test accuracies (%), 5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 20-way 5-shot; None: not reported.
 PUBLISHED_MLP = {  # Finn et al. 2017, Table 1, the non-convolutional rows
@@ -47,7 +48,7 @@ PUBLISHED_CONV = {  # convolutional networks: context only, not the same model a
     "reptile": ("Reptile, Nichol et al. 2018, Table 1", ("95.39 ± 0.09", "98.90 ± 0.10", "88.14 ± 0.15", "96.65 ± 0.33")),
     "protonet": ("Prototypical Networks, Snell et al. 2017, Table 1", ("98.8", "99.7", "96.0", "98.9")),
     "matching": ("Matching Networks, Vinyals et al. 2016, Table 1", ("98.1", "98.9", "93.8", "98.5")),
-    "siamese": ("Siamese Networks, in Vinyals et al. 2016, Table 1", ("97.3", "98.4", "88.2", "97.0")),
+    "siamese": ("conv. Siamese Net, fine-tuned, in Vinyals et al. 2016, Table 1", ("97.3", "98.4", "88.1", "97.0")),
     "relation": ("Relation Network, Sung et al. 2018, Table 1", ("99.6 ± 0.2", "99.8 ± 0.1", "97.6 ± 0.2", "99.1 ± 0.1")),
 }
 
@@ -78,11 +79,14 @@ def resolve_source(source="auto", data_root=None) -> str:
 
 
 def image_plan(source="omniglot", algorithms=None, seeds=(0,), settings=None, iterations=None, quick=False,
-               eval_tasks=600, val_tasks=100, data_root=None, hidden=None) -> list:
+               eval_tasks=600, val_tasks=100, data_root=None, hidden=None, batchnorm=False) -> list:
     """The runs of the image protocol: every algorithm at every setting and seed.
 
     ``iterations``: per run (default: ``QUICK`` with ``quick``, else the protocol's 60 000).
     ``hidden``: other hidden widths than the protocol's (tests use tiny ones).
+    ``batchnorm``: the gradient-based learners' network normalises its hidden layers, as Finn et al.'s
+    (their inner step then becomes the paper's 2.0 on the mean loss). The metric learners stay without:
+    they embed support and query sets in separate passes, which batch statistics would set apart.
     """
     if source not in ("omniglot", "glyphs"):
         raise ValueError(f"source must be 'omniglot' or 'glyphs', got {source!r}")
@@ -107,6 +111,8 @@ def image_plan(source="omniglot", algorithms=None, seeds=(0,), settings=None, it
                 extra = {"meta_batch": GRADIENT_20WAY["meta_batch"],
                          "test_steps": GRADIENT_20WAY["test_steps"] if algo != "metasgd" else 1}
                 options = {"inner_steps": GRADIENT_20WAY["inner_steps"]} if algo != "metasgd" else {}
+            if batchnorm and registry.algorithm(algo).kind == "gradient":
+                extra["batchnorm"] = True
             for seed in seeds:
                 config = TrainConfig(algo=algo, task=source, ways=ways, shots=shots, seed=seed, iterations=iterations,
                                      eval_tasks=eval_tasks, val_tasks=val_tasks, data_root=data_root, hidden=hidden,
@@ -210,13 +216,17 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
                                       if source == "omniglot" else
                                       "1200 classes to meta-train, 100 to validate, 423 to test, 28x28."),
               f"- Network: 784-{'-'.join(map(str, first.hidden))}-N, {first.activation}, He initialisation, "
-              "**no batch norm** (Finn et al.'s model normalises every hidden layer). The metric learners "
+              + ("batch norm with the batch's own statistics after every hidden layer for the gradient-based "
+                 "learners, as Finn et al.'s model. " if any(sp.config.batchnorm for sp in specs) else
+                 "**no batch norm** (Finn et al.'s model normalises every hidden layer; `--batchnorm` adds it). ")
+              + "The metric learners "
               "(ProtoNet, Matching Nets with and without FCE, Siamese, Relation Net) embed with the same network "
               "without its N-way head (784-256-128-64-64).",
               f"- Gradient-based learners: inner step alpha = "
-              f"{registry.TASKS[source].algorithm_defaults['maml']['inner_lr']} on the mean cross-entropy (the "
-              "reference's 0.4 on its support-summed loss is 2.0 on a mean; without batch norm, repeated steps at "
-              "2.0 fall to chance, see registry.IMAGE_ALGORITHM_DEFAULTS), "
+              f"{'/'.join(sorted({str(sp.config.algorithm_config().inner_lr) for sp in specs if sp.config.algo == 'maml'})) or '–'}"
+              " on the mean cross-entropy (the reference's 0.4 on its support-summed loss is 2.0 on a mean, used "
+              "with batch norm; without batch norm, repeated steps at 2.0 fall to chance and 0.4 is ours, see "
+              "registry.IMAGE_ALGORITHM_DEFAULTS), "
               "1 inner step and meta-batch 32 for 5-way, 5 steps and meta-batch 16 for 20-way; MAML, FOMAML and "
               "ANIL tested after 3 steps (5-way) or 5 (20-way) at the same alpha, Meta-SGD after 1; Reptile with "
               "inner Adam (1e-3, 5 steps), outer SGD 1.0 annealed to 0, 5 tasks per batch, tested after 50 steps.",
@@ -229,24 +239,29 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
               f"method), {first.eval_query} query drawings per class (at most 20 - K), accuracy with a 95% "
               "interval over episodes (1.96 standard errors).", "",
               "### Test accuracy (%), 95% intervals", "",
-              "| method | " + " | ".join(_setting_title(s) for s in settings) + " | iterations | wall time per run |",
-              "|---|" + "---|" * (len(settings) + 2)]
+              "| method | " + " | ".join(_setting_title(s) for s in settings)
+              + " | iterations | training time per run (test) |", "|---|" + "---|" * (len(settings) + 2)]
     for algo, (source_text, values) in PUBLISHED_MLP.items():
         cells = [values[list(SETTINGS).index(s)] or "–" for s in settings]
-        lines.append(f"| {source_text} | " + " | ".join(cells) + f" | {PROTOCOL_ITERATIONS:,} | – |")
+        its = f"{PROTOCOL_ITERATIONS:,}" if algo == "maml" else "–"
+        lines.append(f"| {source_text} | " + " | ".join(cells) + f" | {its} | – |")
     for algo in [a for a in ALGORITHM_ORDER if a in by]:
-        cells, secs = [], []
+        cells, secs, tests = [], [], []
         for s in settings:
             es = by[algo].get(s, [])
             cells.append(" / ".join(_cell(e) for e in es) or "–")
             secs += [e["train_seconds"] for e in es]
+            tests += [e["eval_seconds"] for e in es]
         steps = sorted({e["test_steps"] for v in by[algo].values() for e in v})
         what = f"after {'/'.join(map(str, steps))} step{'s' * (steps != [1])}" if steps != [0] else "no adaptation"
         its = sorted({e["iteration"] for v in by[algo].values() for e in v})
         lines.append(f"| {algo}, ours, MLP ({what}) | " + " | ".join(cells)
-                     + f" | {'/'.join(f'{i:,}' for i in its)} | {np.mean(secs) / 60:.1f} min |")
+                     + f" | {'/'.join(f'{i:,}' for i in its)} | {_duration(np.mean(secs))} "
+                     f"({_duration(np.mean(tests))}) |")
+    lines += _steps_table(by, settings)
     lines += ["", "Convolutional networks, for context only (4-layer CNNs, a different model from ours; "
-              "quoted from each paper's Omniglot table):", "",
+              "transcribed from each paper's Omniglot table; not re-checked against the papers on this "
+              "offline machine):", "",
               "| method | " + " | ".join(_setting_title(s) for s in settings) + " |", "|---|" + "---|" * len(settings)]
     for algo, (source_text, values) in PUBLISHED_CONV.items():
         if algo in by or algo in ("maml",):
@@ -260,17 +275,37 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
         names = _figures(Path(figures_dir), by, settings)
         base = Path(report_dir) if report_dir is not None else Path.cwd()
         lines += [""] + [f"![{Path(n).stem}]({os.path.relpath(Path(figures_dir) / n, base)})" for n in names]
-    lines += ["", "### Every run", "", "| run | accuracy, 0 steps | headline | diverged | wall time |",
-              "|---|---|---|---|---|"]
+    lines += ["", "### Every run", "", "| run | accuracy, 0 steps | headline | diverged | training time | test time |",
+              "|---|---|---|---|---|---|"]
     for spec, r in zip(specs, results):
         e = r["evaluations"].get(spec.config.shots)
         if e is None:
-            lines.append(f"| {spec.name} | – | {r['status']} | – | – |")
+            lines.append(f"| {spec.name} | – | {r['status']} | – | – | – |")
             continue
         zero = e["mean"][0]
         lines.append(f"| {spec.name} | {'–' if zero is None else f'{100 * zero:.1f}'} | {_cell(e)} "
-                     f"(step {e['test_steps']}) | {max(e['diverged'])} | {e['train_seconds'] / 60:.1f} min |")
+                     f"(step {e['test_steps']}) | {max(e['diverged'])} | {_duration(e['train_seconds'])} | "
+                     f"{_duration(e['eval_seconds'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _steps_table(by, settings, steps=STEP_COLUMNS) -> list:
+    """Accuracy of the learners that adapt after each of ``steps`` (REPRODUCTION-NOTES: without batch
+    norm, extra test steps at the training step size can hurt)."""
+    rows = []
+    for algo in ALGORITHM_ORDER:
+        for setting in settings:
+            for e in by.get(algo, {}).get(setting, []):
+                if len(e["mean"]) > 1:
+                    cells = ["–" if k >= len(e["mean"]) or e["mean"][k] is None
+                             else f"{100 * e['mean'][k]:.1f} ± {100 * (e['ci95'][k] or 0):.1f}" for k in steps]
+                    rows.append(f"| {algo} | {_setting_title(setting)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "Accuracy (%) of the learners that adapt, after each number of test steps (at the training "
+            "step size; Reptile with its inner Adam):", "",
+            "| method | setting | " + " | ".join(f"{k} step{'s' * (k != 1)}" for k in steps) + " |",
+            "|---|---|" + "---|" * len(steps), *rows]
 
 
 def _setting_title(setting) -> str:
