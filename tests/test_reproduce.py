@@ -75,3 +75,22 @@ def test_budgets_shorten_or_thin_out_an_algorithm_and_are_validated():
     for bad in ("imaml", "imaml=x1", "imaml=0", "nope=10", "imaml=10x0"):
         with pytest.raises(ValueError):
             parse_budget(bad)
+
+
+def test_publish_section_copies_figures_and_keeps_the_other_sections(tmp_path):
+    from tinymeta.report import publish_section, write_section
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "curve.png").write_bytes(b"\x89PNG fake")
+    (runs / "REPRODUCTION.md").write_text("# Sinusoid\n\n| maml | 0.67 |\n\n![curve.png](curve.png)\n")
+    shared = tmp_path / "repo" / "REPRODUCTION.md"
+    shared.parent.mkdir()
+    write_section(shared, "omniglot", "# Images\n\nimage rows")
+    publish_section(shared, "sinusoid", runs / "REPRODUCTION.md")
+    text = shared.read_text()
+    assert "image rows" in text and "| maml | 0.67 |" in text
+    assert "![curve.png](reproduction/curve.png)" in text
+    assert (shared.parent / "reproduction" / "curve.png").read_bytes() == b"\x89PNG fake"
+    publish_section(shared, "sinusoid", runs / "REPRODUCTION.md")  # again: replaced, not appended
+    assert shared.read_text() == text

@@ -264,6 +264,10 @@ def _cmd_reproduce(args) -> int:
               "Run the same command again to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"\nreport: {path}")
+    if args.report is not None:
+        from .report import publish_section
+
+        print(f"section sinusoid of {publish_section(args.report, 'sinusoid', path)} updated")
     print(path.read_text().split("## Every run")[0])
     failed = [r["name"] for r in statuses if r["status"] != "finished"]
     if failed:

@@ -59,8 +59,9 @@ def add_reproduce_arguments(p) -> None:
                                                          "minutes, not the papers' numbers")
     p.add_argument("--dry-run", action="store_true", help="omniglot: print the plan and an estimated wall time, "
                                                            "run nothing")
-    p.add_argument("--report", type=Path, default=Path("REPRODUCTION.md"),
-                   help="omniglot: the file whose image section is written (other sections are kept)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="the file whose section (sinusoid or omniglot) is written, other sections kept, figures "
+                        "copied beside it (default: omniglot REPRODUCTION.md; sinusoid only the output folder's)")
     p.add_argument("--source", choices=("auto", "omniglot", "glyphs"), default="auto",
                    help="omniglot: the images (auto: Omniglot if the archives are found, else glyphs)")
     p.add_argument("--data-root", default=None, help="omniglot: folder of the archives (default: "
@@ -90,6 +91,7 @@ def cmd_reproduce(args, exit_interrupted: int) -> int:
         print(f"[{r['status']}] {r['name']}{text}", flush=True)
 
     out = args.out or Path(f"runs/reproduce-{source}")
+    args.report = args.report or Path("REPRODUCTION.md")
     try:
         results, seconds = rep.run_images(out, specs, jobs, on_result=done)
     except KeyboardInterrupt:

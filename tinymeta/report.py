@@ -217,3 +217,25 @@ def write_section(path, name: str, text: str) -> Path:
                          f"opening and {counts[1]} closing markers")
     atomic_write(path, new.encode("utf-8"))
     return path
+
+
+def publish_section(report_path, name: str, run_report, figures="reproduction") -> Path:
+    """Copy the report ``run_report`` (a command's REPRODUCTION.md in its output folder) into
+    section ``name`` of ``report_path``, with its figures copied to the folder ``figures`` beside
+    ``report_path`` and the links rewritten, so that the shared file can be committed alone."""
+    import re
+    import shutil
+
+    report_path, run_report = Path(report_path), Path(run_report)
+    text = run_report.read_text(encoding="utf-8")
+    for marker in section_markers(name):  # a report that is itself a shared file: take the section's text
+        text = text.replace(marker, "")
+    fig_dir = report_path.parent / figures
+    for image in sorted(set(re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text))):
+        source = run_report.parent / image
+        if source.exists():
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, fig_dir / source.name)
+            text = text.replace(f"]({image})", f"]({os.path.relpath(fig_dir / source.name, report_path.parent)})")
+    return write_section(report_path, name, text)
+
