@@ -21,7 +21,8 @@ import math
 
 from numba import njit
 
-from .kernels import _add_colsum, _n_rows, _view, act_d1, act_d2, act_f, matmul, matmul_nt, matmul_tn
+from .kernels import (_add_bias, _add_colsum, _back_r_matmuls, _back_through_activation, _back_through_d1, _n_rows,
+                      _tangent_through_activation, _view, act_f, matmul, matmul_nt, matmul_tn)
 
 
 # ------------------------------------------------- the normalisation itself
@@ -120,9 +121,7 @@ def forward_bn_kernel(theta, X, sizes, act, eps, H, Z, Xh, S):
                     Zl[i, j] = Xl[i, j] + b[j]
                     Hn[i, j] = act_f(act, Zl[i, j])
         else:
-            for i in range(n):
-                for j in range(d_out):
-                    Zl[i, j] += b[j]
+            _add_bias(Zl, b)
         p += d_in * d_out + d_out
         h += n * d_in
         z += n * d_out
@@ -156,10 +155,7 @@ def backward_bn_kernel(theta, sizes, act, H, Z, Xh, S, dout, grad, D, dX):
         if l > 0:
             back = _view(D, (1 - cur) * half, n, d_in)
             matmul_nt(delta, W, back, False)
-            Zp = _view(Z, z - n * d_in, n, d_in)
-            for i in range(n):
-                for j in range(d_in):
-                    back[i, j] *= act_d1(act, Zp[i, j])
+            _back_through_d1(back, _view(Z, z - n * d_in, n, d_in), act)
             cur = 1 - cur
         elif dX.shape[0] > 0:
             matmul_nt(delta, W, dX, False)
@@ -187,15 +183,9 @@ def r_forward_bn_kernel(theta, v, sizes, act, H, Z, Xh, S, Hd, Zd, Ad, x_dot):
             matmul(_view(Hd, h, n, d_in), W, Tl, True)
         if l < last:
             bn_apply(_view(Xh, z, n, d_out), S[s:s + d_out], Tl, Zdl)
-        for i in range(n):
-            for j in range(d_out):
-                Zdl[i, j] += c[j]
+        _add_bias(Zdl, c)
         if l < last:
-            Zl = _view(Z, z, n, d_out)
-            Hdn = _view(Hd, h + n * d_in, n, d_out)
-            for i in range(n):
-                for j in range(d_out):
-                    Hdn[i, j] = act_d1(act, Zl[i, j]) * Zdl[i, j]
+            _tangent_through_activation(_view(Hd, h + n * d_in, n, d_out), _view(Z, z, n, d_out), Zdl, act)
         p += d_in * d_out + d_out
         h += n * d_in
         z += n * d_out
@@ -241,18 +231,9 @@ def r_backward_bn_kernel(theta, v, sizes, act, H, Z, Xh, S, Hd, Zd, Ad, dout, do
         if l > 0:
             back = _view(D, (1 - cur) * half, n, d_in)
             back_dot = _view(Dd, (1 - cur) * half, n, d_in)
-            matmul_nt(delta, W, back, False)
-            matmul_nt(delta_dot, W, back_dot, False)
-            matmul_nt(delta, V, back_dot, True)
-            Zp = _view(Z, z - n * d_in, n, d_in)
-            Zdp = _view(Zd, z - n * d_in, n, d_in)
-            for i in range(n):
-                for j in range(d_in):
-                    a1 = act_d1(act, Zp[i, j])
-                    back_dot[i, j] = back_dot[i, j] * a1 + back[i, j] * act_d2(act, Zp[i, j]) * Zdp[i, j]
-                    back[i, j] *= a1
+            _back_r_matmuls(back, back_dot, delta, delta_dot, W, V)
+            _back_through_activation(back, back_dot, _view(Z, z - n * d_in, n, d_in),
+                                     _view(Zd, z - n * d_in, n, d_in), act)
             cur = 1 - cur
         elif dX.shape[0] > 0:
-            matmul_nt(delta, W, dX, False)
-            matmul_nt(delta_dot, W, dX_dot, False)
-            matmul_nt(delta, V, dX_dot, True)
+            _back_r_matmuls(dX, dX_dot, delta, delta_dot, W, V)

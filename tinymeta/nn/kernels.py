@@ -121,6 +121,63 @@ def _add_colsum(delta, out):
             out[j] += delta[i, j]
 
 
+# ------------------------------------------------------- per-layer steps
+# Shared by the passes here, in bn_kernels.py and in meta_passes.py: each is
+# one loop of reference.py, with the reference's order of operations.
+@njit(cache=True)
+def _add_bias(Zl, b):
+    """``Zl += b`` on every row; Zl (n, d), b (d,)."""
+    for i in range(Zl.shape[0]):
+        for j in range(Zl.shape[1]):
+            Zl[i, j] += b[j]
+
+
+@njit(cache=True)
+def _activate(Hn, Zl, act):
+    """``Hn = act(Zl)``; Hn, Zl (n, d)."""
+    for i in range(Zl.shape[0]):
+        for j in range(Zl.shape[1]):
+            Hn[i, j] = act_f(act, Zl[i, j])
+
+
+@njit(cache=True)
+def _tangent_through_activation(Hdn, Zl, Zdl, act):
+    """``Hdn = act'(Zl) * Zdl``, the tangent ``R{act(Z)}``; Hdn, Zl, Zdl (n, d)."""
+    for i in range(Zl.shape[0]):
+        for j in range(Zl.shape[1]):
+            Hdn[i, j] = act_d1(act, Zl[i, j]) * Zdl[i, j]
+
+
+@njit(cache=True)
+def _back_through_d1(back, Zp, act):
+    """``back *= act'(Zp)``: ``dL/dH`` of a layer's input into ``dL/dZ`` of the layer below; (n, d)."""
+    for i in range(Zp.shape[0]):
+        for j in range(Zp.shape[1]):
+            back[i, j] *= act_d1(act, Zp[i, j])
+
+
+@njit(cache=True)
+def _back_through_activation(back, back_dot, Zp, Zdp, act):
+    """``back_dot = back_dot * act'(Zp) + back * act''(Zp) * Zdp``, then ``back *= act'(Zp)``.
+
+    ``back``, ``back_dot`` hold ``dL/dH`` and its tangent on entry and
+    ``dL/dZ``, ``R{dL/dZ}`` of the layer below on return; all (n, d).
+    """
+    for i in range(Zp.shape[0]):
+        for j in range(Zp.shape[1]):
+            a1 = act_d1(act, Zp[i, j])
+            back_dot[i, j] = back_dot[i, j] * a1 + back[i, j] * act_d2(act, Zp[i, j]) * Zdp[i, j]
+            back[i, j] *= a1
+
+
+@njit(cache=True)
+def _back_r_matmuls(back, back_dot, delta, delta_dot, W, V):
+    """``back = delta @ W.T`` and ``back_dot = delta_dot @ W.T + delta @ V.T`` (in that order)."""
+    matmul_nt(delta, W, back, False)
+    matmul_nt(delta_dot, W, back_dot, False)
+    matmul_nt(delta, V, back_dot, True)
+
+
 # ---------------------------------------------------------------- passes
 @njit(cache=True)
 def _n_rows(H, sizes):
@@ -141,14 +198,9 @@ def forward_kernel(theta, X, sizes, act, H, Z):
         b = theta[p + d_in * d_out:p + d_in * d_out + d_out]
         Zl = _view(Z, z, n, d_out)
         matmul(_view(H, h, n, d_in), W, Zl, False)
-        for i in range(n):
-            for j in range(d_out):
-                Zl[i, j] += b[j]
+        _add_bias(Zl, b)
         if l < last:
-            Hn = _view(H, h + n * d_in, n, d_out)
-            for i in range(n):
-                for j in range(d_out):
-                    Hn[i, j] = act_f(act, Zl[i, j])
+            _activate(_view(H, h + n * d_in, n, d_out), Zl, act)
         p += d_in * d_out + d_out
         h += n * d_in
         z += n * d_out
@@ -177,10 +229,7 @@ def backward_kernel(theta, sizes, act, H, Z, dout, grad, D, dX):
         if l > 0:
             back = _view(D, (1 - cur) * half, n, d_in)
             matmul_nt(delta, W, back, False)
-            Zp = _view(Z, z - n * d_in, n, d_in)
-            for i in range(n):
-                for j in range(d_in):
-                    back[i, j] *= act_d1(act, Zp[i, j])
+            _back_through_d1(back, _view(Z, z - n * d_in, n, d_in), act)
             cur = 1 - cur
         elif dX.shape[0] > 0:
             matmul_nt(delta, W, dX, False)
@@ -205,15 +254,9 @@ def r_forward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, x_dot):
         matmul(_view(H, h, n, d_in), V, Zdl, False)
         if l > 0 or x_dot:  # H_dot[0] = X_dot, or 0
             matmul(_view(Hd, h, n, d_in), W, Zdl, True)
-        for i in range(n):
-            for j in range(d_out):
-                Zdl[i, j] += c[j]
+        _add_bias(Zdl, c)
         if l < last:
-            Zl = _view(Z, z, n, d_out)
-            Hdn = _view(Hd, h + n * d_in, n, d_out)
-            for i in range(n):
-                for j in range(d_out):
-                    Hdn[i, j] = act_d1(act, Zl[i, j]) * Zdl[i, j]
+            _tangent_through_activation(_view(Hd, h + n * d_in, n, d_out), _view(Z, z, n, d_out), Zdl, act)
         p += d_in * d_out + d_out
         h += n * d_in
         z += n * d_out
@@ -252,21 +295,12 @@ def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, 
         if l > 0:
             back = _view(D, (1 - cur) * half, n, d_in)
             back_dot = _view(Dd, (1 - cur) * half, n, d_in)
-            matmul_nt(delta, W, back, False)
-            matmul_nt(delta_dot, W, back_dot, False)
-            matmul_nt(delta, V, back_dot, True)
-            Zp = _view(Z, z - n * d_in, n, d_in)
-            Zdp = _view(Zd, z - n * d_in, n, d_in)
-            for i in range(n):
-                for j in range(d_in):
-                    a1 = act_d1(act, Zp[i, j])
-                    back_dot[i, j] = back_dot[i, j] * a1 + back[i, j] * act_d2(act, Zp[i, j]) * Zdp[i, j]
-                    back[i, j] *= a1
+            _back_r_matmuls(back, back_dot, delta, delta_dot, W, V)
+            _back_through_activation(back, back_dot, _view(Z, z - n * d_in, n, d_in),
+                                     _view(Zd, z - n * d_in, n, d_in), act)
             cur = 1 - cur
         elif dX.shape[0] > 0:
-            matmul_nt(delta, W, dX, False)
-            matmul_nt(delta_dot, W, dX_dot, False)
-            matmul_nt(delta, V, dX_dot, True)
+            _back_r_matmuls(dX, dX_dot, delta, delta_dot, W, V)
 
 
 # ---------------------------------------------------------------- losses
