@@ -28,17 +28,6 @@ from .losses import MSE
 
 # ------------------------------------------------------- matrix products
 @njit(cache=True)
-def _add_four_rows(C, i, a0, a1, a2, a3, B, r):
-    """``C[i + q] += a_q * B[r]`` for ``q = 0..3``: one load of ``B[r, j]`` serves four rows of ``C``."""
-    for j in range(B.shape[1]):
-        b = B[r, j]
-        C[i, j] += a0 * b
-        C[i + 1, j] += a1 * b
-        C[i + 2, j] += a2 * b
-        C[i + 3, j] += a3 * b
-
-
-@njit(cache=True)
 def _mm(A, B, C, accumulate):
     """``C = A @ B`` (``+=`` if accumulate); A (m, k), B (k, p), C (m, p).
 
@@ -62,7 +51,13 @@ def _mm(A, B, C, accumulate):
     i = 0
     while i + 3 < m:
         for r in range(k):
-            _add_four_rows(C, i, A[i, r], A[i + 1, r], A[i + 2, r], A[i + 3, r], B, r)
+            a0, a1, a2, a3 = A[i, r], A[i + 1, r], A[i + 2, r], A[i + 3, r]
+            for j in range(p):
+                b = B[r, j]
+                C[i, j] += a0 * b
+                C[i + 1, j] += a1 * b
+                C[i + 2, j] += a2 * b
+                C[i + 3, j] += a3 * b
         i += 4
     _matmul_rows(A, B, C, i)
 
@@ -83,7 +78,13 @@ def _mm_tn(A, B, C, accumulate):
     for r in range(k):
         i = 0
         while i + 3 < m:
-            _add_four_rows(C, i, A[r, i], A[r, i + 1], A[r, i + 2], A[r, i + 3], B, r)
+            a0, a1, a2, a3 = A[r, i], A[r, i + 1], A[r, i + 2], A[r, i + 3]
+            for j in range(p):
+                b = B[r, j]
+                C[i, j] += a0 * b
+                C[i + 1, j] += a1 * b
+                C[i + 2, j] += a2 * b
+                C[i + 3, j] += a3 * b
             i += 4
         _matmul_tn_term(A, B, C, r, i)
 
