@@ -188,11 +188,49 @@ def _back_r_matmuls(back, back_dot, delta, delta_dot, W, V):
     matmul_nt(delta, V, back_dot, True)
 
 
+@njit(cache=True)
+def _delta_below(D, d_off, Z, z_off, delta, W, act):
+    """``dL/dZ`` of the layer below, ``(delta @ W.T) * act'(Z[l-1])``, into ``D`` from ``d_off`` on.
+
+    delta (n, d_out) is layer ``l``'s ``dL/dZ``, W (d_in, d_out) its weights;
+    ``Z[l-1]`` starts at ``z_off`` in ``Z``.
+    """
+    n, d_in = delta.shape[0], W.shape[0]
+    back = _view(D, d_off, n, d_in)
+    matmul_nt(delta, W, back, False)
+    _back_through_d1(back, _view(Z, z_off, n, d_in), act)
+
+
+@njit(cache=True)
+def _r_delta_below(D, Dd, d_off, Z, Zd, z_off, delta, delta_dot, W, V, act):
+    """``_delta_below`` and its tangent along ``v`` (weights' tangent V), into ``D``, ``Dd`` from ``d_off`` on.
+
+    ``Z[l-1]``, ``Z_dot[l-1]`` start at ``z_off`` in ``Z``, ``Zd``.
+    """
+    n, d_in = delta.shape[0], W.shape[0]
+    back = _view(D, d_off, n, d_in)
+    back_dot = _view(Dd, d_off, n, d_in)
+    _back_r_matmuls(back, back_dot, delta, delta_dot, W, V)
+    _back_through_activation(back, back_dot, _view(Z, z_off, n, d_in), _view(Zd, z_off, n, d_in), act)
+
+
 # ---------------------------------------------------------------- passes
 @njit(cache=True)
 def _n_rows(H, sizes):
     """Number of samples held by an ``H`` workspace."""
     return H.shape[0] // sizes[:-1].sum()
+
+
+@njit(cache=True)
+def _layer_offsets(sizes, n, l):
+    """Where layer ``l``'s blocks start: ``(p, h, z, s)`` in ``theta``, ``H``, ``Z`` (``n`` rows) and ``S``."""
+    p = h = z = s = 0
+    for k in range(l):
+        p += sizes[k] * sizes[k + 1] + sizes[k + 1]
+        h += n * sizes[k]
+        z += n * sizes[k + 1]
+        s += sizes[k + 1]
+    return p, h, z, s
 
 
 @njit(cache=True)
@@ -224,25 +262,20 @@ def backward_kernel(theta, sizes, act, H, Z, dout, grad, D, dX):
     """
     n = dout.shape[0]
     half = D.shape[0] // 2
-    p, h, z = theta.shape[0], H.shape[0], Z.shape[0]
     cur = 0
     _view(D, 0, n, sizes[-1])[:, :] = dout
     for l in range(sizes.shape[0] - 2, -1, -1):
         d_in, d_out = sizes[l], sizes[l + 1]
-        p -= d_in * d_out + d_out
-        h -= n * d_in
-        z -= n * d_out
+        p, h, z, _ = _layer_offsets(sizes, n, l)
         W = _view(theta, p, d_in, d_out)
         delta = _view(D, cur * half, n, d_out)
         matmul_tn(_view(H, h, n, d_in), delta, _view(grad, p, d_in, d_out), False)
         _add_colsum(delta, grad[p + d_in * d_out:p + d_in * d_out + d_out])
         if l > 0:
-            back = _view(D, (1 - cur) * half, n, d_in)
-            matmul_nt(delta, W, back, False)
-            _back_through_d1(back, _view(Z, z - n * d_in, n, d_in), act)
-            cur = 1 - cur
+            _delta_below(D, (1 - cur) * half, Z, z - n * d_in, delta, W, act)
         elif dX.shape[0] > 0:
             matmul_nt(delta, W, dX, False)
+        cur = 1 - cur
 
 
 @njit(cache=True)
@@ -281,15 +314,12 @@ def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, 
     """
     n = dout.shape[0]
     half = D.shape[0] // 2
-    p, h, z = theta.shape[0], H.shape[0], Z.shape[0]
     cur = 0
     _view(D, 0, n, sizes[-1])[:, :] = dout
     _view(Dd, 0, n, sizes[-1])[:, :] = dout_dot
     for l in range(sizes.shape[0] - 2, -1, -1):
         d_in, d_out = sizes[l], sizes[l + 1]
-        p -= d_in * d_out + d_out
-        h -= n * d_in
-        z -= n * d_out
+        p, h, z, _ = _layer_offsets(sizes, n, l)
         W = _view(theta, p, d_in, d_out)
         V = _view(v, p, d_in, d_out)
         delta = _view(D, cur * half, n, d_out)
@@ -303,11 +333,7 @@ def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, 
             matmul_tn(_view(Hd, h, n, d_in), delta, hW, True)
         _add_colsum(delta_dot, hv[p + d_in * d_out:p + d_in * d_out + d_out])
         if l > 0:
-            back = _view(D, (1 - cur) * half, n, d_in)
-            back_dot = _view(Dd, (1 - cur) * half, n, d_in)
-            _back_r_matmuls(back, back_dot, delta, delta_dot, W, V)
-            _back_through_activation(back, back_dot, _view(Z, z - n * d_in, n, d_in),
-                                     _view(Zd, z - n * d_in, n, d_in), act)
+            _r_delta_below(D, Dd, (1 - cur) * half, Z, Zd, z - n * d_in, delta, delta_dot, W, V, act)
             cur = 1 - cur
         elif dX.shape[0] > 0:
             _back_r_matmuls(dX, dX_dot, delta, delta_dot, W, V)
