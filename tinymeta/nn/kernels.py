@@ -83,16 +83,6 @@ def _matmul_rows(A, B, C, start):
 
 
 @njit(cache=True)
-def _matmul_tn_term(A, B, C, r, start):
-    """``C[i] += A[r, i] * B[r]`` for the rows ``i >= start``: term ``r`` of ``A.T @ B``;
-    A (k, m), B (k, p), C (m, p). Also the tail of meta_passes._mm_tn."""
-    for i in range(start, A.shape[1]):
-        a = A[r, i]
-        for j in range(B.shape[1]):
-            C[i, j] += a * B[r, j]
-
-
-@njit(cache=True)
 def matmul(A, B, C, accumulate):
     """``C = A @ B`` (``C += A @ B`` if accumulate); A (m, k), B (k, p), C (m, p)."""
     if not accumulate:
@@ -103,10 +93,15 @@ def matmul(A, B, C, accumulate):
 @njit(cache=True)
 def matmul_tn(A, B, C, accumulate):
     """``C = A.T @ B`` (or ``+=``); A (k, m), B (k, p), C (m, p)."""
+    k, m = A.shape
+    p = B.shape[1]
     if not accumulate:
         C[:, :] = 0.0
-    for r in range(A.shape[0]):
-        _matmul_tn_term(A, B, C, r, 0)
+    for r in range(k):
+        for i in range(m):
+            a = A[r, i]
+            for j in range(p):
+                C[i, j] += a * B[r, j]
 
 
 @njit(cache=True)

@@ -21,7 +21,7 @@ from numba import njit
 
 from .activations import RELU
 from .kernels import (_activate, _add_bias, _add_colsum, _back_through_activation, _back_through_d1, _matmul_rows,
-                      _matmul_tn_term, _tangent_through_activation, _view, mse_kernel, mse_r_kernel, xent_kernel,
+                      _tangent_through_activation, _view, mse_kernel, mse_r_kernel, xent_kernel,
                       xent_r_kernel)
 from .losses import MSE
 
@@ -64,29 +64,8 @@ def _mm(A, B, C, accumulate):
 
 @njit(cache=True)
 def _mm_tn(A, B, C, accumulate):
-    """``C = A.T @ B`` (or ``+=``); A (k, m), B (k, p), C (m, p); four rows of ``C`` at once."""
-    k, m = A.shape
-    p = B.shape[1]
-    if not accumulate:
-        C[:, :] = 0.0
-    if p == 1:
-        for r in range(k):
-            b = B[r, 0]
-            for i in range(m):
-                C[i, 0] += A[r, i] * b
-        return
-    for r in range(k):
-        i = 0
-        while i + 3 < m:
-            a0, a1, a2, a3 = A[r, i], A[r, i + 1], A[r, i + 2], A[r, i + 3]
-            for j in range(p):
-                b = B[r, j]
-                C[i, j] += a0 * b
-                C[i + 1, j] += a1 * b
-                C[i + 2, j] += a2 * b
-                C[i + 3, j] += a3 * b
-            i += 4
-        _matmul_tn_term(A, B, C, r, i)
+    """``C = A.T @ B`` (or ``+=``); A (k, m), B (k, p), C (m, p): ``_mm`` on the transposed view of ``A``."""
+    _mm(A.T, B, C, accumulate)
 
 
 @njit(cache=True)
