@@ -21,7 +21,8 @@ import math
 
 from numba import njit
 
-from .kernels import _add_colsum, _n_rows, _view, act_d1, act_d2, act_f, matmul, matmul_nt, matmul_tn
+from .kernels import (_add_bias, _add_colsum, _back_r_matmuls, _delta_below, _layer_offsets, _n_rows, _r_delta_below,
+                      _tangent_through_activation, _view, act_f, matmul, matmul_nt, matmul_tn)
 
 
 # ------------------------------------------------- the normalisation itself
@@ -109,20 +110,18 @@ def forward_bn_kernel(theta, X, sizes, act, eps, H, Z, Xh, S):
         d_in, d_out = sizes[l], sizes[l + 1]
         W = _view(theta, p, d_in, d_out)
         b = theta[p + d_in * d_out:p + d_in * d_out + d_out]
+        Al = _view(Xh, z, n, d_out) if l < last else _view(Z, z, n, d_out)  # H[l] @ W, before the bias
+        matmul(_view(H, h, n, d_in), W, Al, False)
         Zl = _view(Z, z, n, d_out)
-        matmul(_view(H, h, n, d_in), W, Zl, False)
         if l < last:
-            Xl = _view(Xh, z, n, d_out)
-            bn_normalize(Zl, eps, Xl, S[s:s + d_out])
+            bn_normalize(Al, eps, Al, S[s:s + d_out])  # in place: Al becomes X_hat[l]
             Hn = _view(H, h + n * d_in, n, d_out)
             for i in range(n):
                 for j in range(d_out):
-                    Zl[i, j] = Xl[i, j] + b[j]
+                    Zl[i, j] = Al[i, j] + b[j]
                     Hn[i, j] = act_f(act, Zl[i, j])
         else:
-            for i in range(n):
-                for j in range(d_out):
-                    Zl[i, j] += b[j]
+            _add_bias(Zl, b)
         p += d_in * d_out + d_out
         h += n * d_in
         z += n * d_out
@@ -137,16 +136,12 @@ def backward_bn_kernel(theta, sizes, act, H, Z, Xh, S, dout, grad, D, dX):
     """
     n = dout.shape[0]
     half = D.shape[0] // 2
-    p, h, z, s = theta.shape[0], H.shape[0], Z.shape[0], S.shape[0]
     last = sizes.shape[0] - 2
     cur = 0
     _view(D, 0, n, sizes[-1])[:, :] = dout
     for l in range(last, -1, -1):
         d_in, d_out = sizes[l], sizes[l + 1]
-        p -= d_in * d_out + d_out
-        h -= n * d_in
-        z -= n * d_out
-        s -= d_out
+        p, h, z, s = _layer_offsets(sizes, n, l)
         W = _view(theta, p, d_in, d_out)
         delta = _view(D, cur * half, n, d_out)
         _add_colsum(delta, grad[p + d_in * d_out:p + d_in * d_out + d_out])
@@ -154,12 +149,7 @@ def backward_bn_kernel(theta, sizes, act, H, Z, Xh, S, dout, grad, D, dX):
             bn_apply(_view(Xh, z, n, d_out), S[s:s + d_out], delta, delta)
         matmul_tn(_view(H, h, n, d_in), delta, _view(grad, p, d_in, d_out), False)
         if l > 0:
-            back = _view(D, (1 - cur) * half, n, d_in)
-            matmul_nt(delta, W, back, False)
-            Zp = _view(Z, z - n * d_in, n, d_in)
-            for i in range(n):
-                for j in range(d_in):
-                    back[i, j] *= act_d1(act, Zp[i, j])
+            _delta_below(D, (1 - cur) * half, Z, z - n * d_in, delta, W, act)
             cur = 1 - cur
         elif dX.shape[0] > 0:
             matmul_nt(delta, W, dX, False)
@@ -177,25 +167,18 @@ def r_forward_bn_kernel(theta, v, sizes, act, H, Z, Xh, S, Hd, Zd, Ad, x_dot):
     last = sizes.shape[0] - 2
     for l in range(last + 1):
         d_in, d_out = sizes[l], sizes[l + 1]
+        Tl = _view(Ad, z, n, d_out) if l < last else _view(Zd, z, n, d_out)  # the tangent before the bias
         W = _view(theta, p, d_in, d_out)
         V = _view(v, p, d_in, d_out)
-        c = v[p + d_in * d_out:p + d_in * d_out + d_out]
-        Zdl = _view(Zd, z, n, d_out)
-        Tl = _view(Ad, z, n, d_out) if l < last else Zdl  # the tangent before the bias
         matmul(_view(H, h, n, d_in), V, Tl, False)
         if l > 0 or x_dot:  # H_dot[0] = X_dot, or 0
             matmul(_view(Hd, h, n, d_in), W, Tl, True)
+        Zdl = _view(Zd, z, n, d_out)
         if l < last:
             bn_apply(_view(Xh, z, n, d_out), S[s:s + d_out], Tl, Zdl)
-        for i in range(n):
-            for j in range(d_out):
-                Zdl[i, j] += c[j]
+        _add_bias(Zdl, v[p + d_in * d_out:p + d_in * d_out + d_out])
         if l < last:
-            Zl = _view(Z, z, n, d_out)
-            Hdn = _view(Hd, h + n * d_in, n, d_out)
-            for i in range(n):
-                for j in range(d_out):
-                    Hdn[i, j] = act_d1(act, Zl[i, j]) * Zdl[i, j]
+            _tangent_through_activation(_view(Hd, h + n * d_in, n, d_out), _view(Z, z, n, d_out), Zdl, act)
         p += d_in * d_out + d_out
         h += n * d_in
         z += n * d_out
@@ -212,47 +195,30 @@ def r_backward_bn_kernel(theta, v, sizes, act, H, Z, Xh, S, Hd, Zd, Ad, dout, do
     """
     n = dout.shape[0]
     half = D.shape[0] // 2
-    p, h, z, s = theta.shape[0], H.shape[0], Z.shape[0], S.shape[0]
     last = sizes.shape[0] - 2
     cur = 0
     _view(D, 0, n, sizes[-1])[:, :] = dout
     _view(Dd, 0, n, sizes[-1])[:, :] = dout_dot
     for l in range(last, -1, -1):
         d_in, d_out = sizes[l], sizes[l + 1]
-        p -= d_in * d_out + d_out
-        h -= n * d_in
-        z -= n * d_out
-        s -= d_out
-        W = _view(theta, p, d_in, d_out)
-        V = _view(v, p, d_in, d_out)
+        p, h, z, s = _layer_offsets(sizes, n, l)
         delta = _view(D, cur * half, n, d_out)
         delta_dot = _view(Dd, cur * half, n, d_out)
-        Hl = _view(H, h, n, d_in)
-        hW = _view(hv, p, d_in, d_out)
         _add_colsum(delta, grad[p + d_in * d_out:p + d_in * d_out + d_out])
         _add_colsum(delta_dot, hv[p + d_in * d_out:p + d_in * d_out + d_out])
         if l < last:  # dL/dA and its tangent, in place
             bn_r_backward(_view(Xh, z, n, d_out), S[s:s + d_out], _view(Ad, z, n, d_out),
                           delta, delta_dot, delta, delta_dot)
+        Hl = _view(H, h, n, d_in)
+        hW = _view(hv, p, d_in, d_out)
         matmul_tn(Hl, delta, _view(grad, p, d_in, d_out), False)
         matmul_tn(Hl, delta_dot, hW, False)
         if l > 0 or x_dot:  # H_dot[0] = X_dot, or 0
             matmul_tn(_view(Hd, h, n, d_in), delta, hW, True)
+        W = _view(theta, p, d_in, d_out)
+        V = _view(v, p, d_in, d_out)
         if l > 0:
-            back = _view(D, (1 - cur) * half, n, d_in)
-            back_dot = _view(Dd, (1 - cur) * half, n, d_in)
-            matmul_nt(delta, W, back, False)
-            matmul_nt(delta_dot, W, back_dot, False)
-            matmul_nt(delta, V, back_dot, True)
-            Zp = _view(Z, z - n * d_in, n, d_in)
-            Zdp = _view(Zd, z - n * d_in, n, d_in)
-            for i in range(n):
-                for j in range(d_in):
-                    a1 = act_d1(act, Zp[i, j])
-                    back_dot[i, j] = back_dot[i, j] * a1 + back[i, j] * act_d2(act, Zp[i, j]) * Zdp[i, j]
-                    back[i, j] *= a1
+            _r_delta_below(D, Dd, (1 - cur) * half, Z, Zd, z - n * d_in, delta, delta_dot, W, V, act)
             cur = 1 - cur
         elif dX.shape[0] > 0:
-            matmul_nt(delta, W, dX, False)
-            matmul_nt(delta_dot, W, dX_dot, False)
-            matmul_nt(delta, V, dX_dot, True)
+            _back_r_matmuls(dX, dX_dot, delta, delta_dot, W, V)

@@ -72,17 +72,22 @@ def _view(buf, offset, rows, cols):
 
 
 @njit(cache=True)
+def _matmul_rows(A, B, C, start):
+    """``C[i] += A[i] @ B`` for the rows ``i >= start``, summing over ``r`` in order;
+    A (m, k), B (k, p), C (m, p). Also the tail of meta_passes._mm."""
+    for i in range(start, A.shape[0]):
+        for r in range(A.shape[1]):
+            a = A[i, r]
+            for j in range(B.shape[1]):
+                C[i, j] += a * B[r, j]
+
+
+@njit(cache=True)
 def matmul(A, B, C, accumulate):
     """``C = A @ B`` (``C += A @ B`` if accumulate); A (m, k), B (k, p), C (m, p)."""
-    m, k = A.shape
-    p = B.shape[1]
     if not accumulate:
         C[:, :] = 0.0
-    for i in range(m):
-        for r in range(k):
-            a = A[i, r]
-            for j in range(p):
-                C[i, j] += a * B[r, j]
+    _matmul_rows(A, B, C, 0)
 
 
 @njit(cache=True)
@@ -121,11 +126,106 @@ def _add_colsum(delta, out):
             out[j] += delta[i, j]
 
 
+# ------------------------------------------------------- per-layer steps
+# Shared by the passes here, in bn_kernels.py and in meta_passes.py: each is
+# one loop of reference.py, with the reference's order of operations.
+@njit(cache=True)
+def _add_bias(Zl, b):
+    """``Zl += b`` on every row; Zl (n, d), b (d,)."""
+    for i in range(Zl.shape[0]):
+        for j in range(Zl.shape[1]):
+            Zl[i, j] += b[j]
+
+
+@njit(cache=True)
+def _activate(Hn, Zl, act):
+    """``Hn = act(Zl)``; Hn, Zl (n, d)."""
+    for i in range(Zl.shape[0]):
+        for j in range(Zl.shape[1]):
+            Hn[i, j] = act_f(act, Zl[i, j])
+
+
+@njit(cache=True)
+def _tangent_through_activation(Hdn, Zl, Zdl, act):
+    """``Hdn = act'(Zl) * Zdl``, the tangent ``R{act(Z)}``; Hdn, Zl, Zdl (n, d)."""
+    for i in range(Zl.shape[0]):
+        for j in range(Zl.shape[1]):
+            Hdn[i, j] = act_d1(act, Zl[i, j]) * Zdl[i, j]
+
+
+@njit(cache=True)
+def _back_through_d1(back, Zp, act):
+    """``back *= act'(Zp)``: ``dL/dH`` of a layer's input into ``dL/dZ`` of the layer below; (n, d)."""
+    for i in range(Zp.shape[0]):
+        for j in range(Zp.shape[1]):
+            back[i, j] *= act_d1(act, Zp[i, j])
+
+
+@njit(cache=True)
+def _back_through_activation(back, back_dot, Zp, Zdp, act):
+    """``back_dot = back_dot * act'(Zp) + back * act''(Zp) * Zdp``, then ``back *= act'(Zp)``.
+
+    ``back``, ``back_dot`` hold ``dL/dH`` and its tangent on entry and
+    ``dL/dZ``, ``R{dL/dZ}`` of the layer below on return; all (n, d).
+    """
+    for i in range(Zp.shape[0]):
+        for j in range(Zp.shape[1]):
+            a1 = act_d1(act, Zp[i, j])
+            back_dot[i, j] = back_dot[i, j] * a1 + back[i, j] * act_d2(act, Zp[i, j]) * Zdp[i, j]
+            back[i, j] *= a1
+
+
+@njit(cache=True)
+def _back_r_matmuls(back, back_dot, delta, delta_dot, W, V):
+    """``back = delta @ W.T`` and ``back_dot = delta_dot @ W.T + delta @ V.T`` (in that order)."""
+    matmul_nt(delta, W, back, False)
+    matmul_nt(delta_dot, W, back_dot, False)
+    matmul_nt(delta, V, back_dot, True)
+
+
+@njit(cache=True)
+def _delta_below(D, d_off, Z, z_off, delta, W, act):
+    """``dL/dZ`` of the layer below, ``(delta @ W.T) * act'(Z[l-1])``, into ``D`` from ``d_off`` on.
+
+    delta (n, d_out) is layer ``l``'s ``dL/dZ``, W (d_in, d_out) its weights;
+    ``Z[l-1]`` starts at ``z_off`` in ``Z``.
+    """
+    n, d_in = delta.shape[0], W.shape[0]
+    back = _view(D, d_off, n, d_in)
+    matmul_nt(delta, W, back, False)
+    _back_through_d1(back, _view(Z, z_off, n, d_in), act)
+
+
+@njit(cache=True)
+def _r_delta_below(D, Dd, d_off, Z, Zd, z_off, delta, delta_dot, W, V, act):
+    """``_delta_below`` and its tangent along ``v`` (weights' tangent V), into ``D``, ``Dd`` from ``d_off`` on.
+
+    ``Z[l-1]``, ``Z_dot[l-1]`` start at ``z_off`` in ``Z``, ``Zd``.
+    """
+    n, d_in = delta.shape[0], W.shape[0]
+    back = _view(D, d_off, n, d_in)
+    back_dot = _view(Dd, d_off, n, d_in)
+    _back_r_matmuls(back, back_dot, delta, delta_dot, W, V)
+    _back_through_activation(back, back_dot, _view(Z, z_off, n, d_in), _view(Zd, z_off, n, d_in), act)
+
+
 # ---------------------------------------------------------------- passes
 @njit(cache=True)
 def _n_rows(H, sizes):
     """Number of samples held by an ``H`` workspace."""
     return H.shape[0] // sizes[:-1].sum()
+
+
+@njit(cache=True)
+def _layer_offsets(sizes, n, l):
+    """Where layer ``l``'s blocks start: ``(p, h, z, s)`` in ``theta``, ``H``, ``Z`` (``n`` rows) and ``S``."""
+    p = h = z = s = 0
+    for k in range(l):
+        p += sizes[k] * sizes[k + 1] + sizes[k + 1]
+        h += n * sizes[k]
+        z += n * sizes[k + 1]
+        s += sizes[k + 1]
+    return p, h, z, s
 
 
 @njit(cache=True)
@@ -141,14 +241,9 @@ def forward_kernel(theta, X, sizes, act, H, Z):
         b = theta[p + d_in * d_out:p + d_in * d_out + d_out]
         Zl = _view(Z, z, n, d_out)
         matmul(_view(H, h, n, d_in), W, Zl, False)
-        for i in range(n):
-            for j in range(d_out):
-                Zl[i, j] += b[j]
+        _add_bias(Zl, b)
         if l < last:
-            Hn = _view(H, h + n * d_in, n, d_out)
-            for i in range(n):
-                for j in range(d_out):
-                    Hn[i, j] = act_f(act, Zl[i, j])
+            _activate(_view(H, h + n * d_in, n, d_out), Zl, act)
         p += d_in * d_out + d_out
         h += n * d_in
         z += n * d_out
@@ -162,28 +257,20 @@ def backward_kernel(theta, sizes, act, H, Z, dout, grad, D, dX):
     """
     n = dout.shape[0]
     half = D.shape[0] // 2
-    p, h, z = theta.shape[0], H.shape[0], Z.shape[0]
     cur = 0
     _view(D, 0, n, sizes[-1])[:, :] = dout
     for l in range(sizes.shape[0] - 2, -1, -1):
         d_in, d_out = sizes[l], sizes[l + 1]
-        p -= d_in * d_out + d_out
-        h -= n * d_in
-        z -= n * d_out
+        p, h, z, _ = _layer_offsets(sizes, n, l)
         W = _view(theta, p, d_in, d_out)
         delta = _view(D, cur * half, n, d_out)
         matmul_tn(_view(H, h, n, d_in), delta, _view(grad, p, d_in, d_out), False)
         _add_colsum(delta, grad[p + d_in * d_out:p + d_in * d_out + d_out])
         if l > 0:
-            back = _view(D, (1 - cur) * half, n, d_in)
-            matmul_nt(delta, W, back, False)
-            Zp = _view(Z, z - n * d_in, n, d_in)
-            for i in range(n):
-                for j in range(d_in):
-                    back[i, j] *= act_d1(act, Zp[i, j])
-            cur = 1 - cur
+            _delta_below(D, (1 - cur) * half, Z, z - n * d_in, delta, W, act)
         elif dX.shape[0] > 0:
             matmul_nt(delta, W, dX, False)
+        cur = 1 - cur
 
 
 @njit(cache=True)
@@ -205,15 +292,9 @@ def r_forward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, x_dot):
         matmul(_view(H, h, n, d_in), V, Zdl, False)
         if l > 0 or x_dot:  # H_dot[0] = X_dot, or 0
             matmul(_view(Hd, h, n, d_in), W, Zdl, True)
-        for i in range(n):
-            for j in range(d_out):
-                Zdl[i, j] += c[j]
+        _add_bias(Zdl, c)
         if l < last:
-            Zl = _view(Z, z, n, d_out)
-            Hdn = _view(Hd, h + n * d_in, n, d_out)
-            for i in range(n):
-                for j in range(d_out):
-                    Hdn[i, j] = act_d1(act, Zl[i, j]) * Zdl[i, j]
+            _tangent_through_activation(_view(Hd, h + n * d_in, n, d_out), _view(Z, z, n, d_out), Zdl, act)
         p += d_in * d_out + d_out
         h += n * d_in
         z += n * d_out
@@ -228,15 +309,12 @@ def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, 
     """
     n = dout.shape[0]
     half = D.shape[0] // 2
-    p, h, z = theta.shape[0], H.shape[0], Z.shape[0]
     cur = 0
     _view(D, 0, n, sizes[-1])[:, :] = dout
     _view(Dd, 0, n, sizes[-1])[:, :] = dout_dot
     for l in range(sizes.shape[0] - 2, -1, -1):
         d_in, d_out = sizes[l], sizes[l + 1]
-        p -= d_in * d_out + d_out
-        h -= n * d_in
-        z -= n * d_out
+        p, h, z, _ = _layer_offsets(sizes, n, l)
         W = _view(theta, p, d_in, d_out)
         V = _view(v, p, d_in, d_out)
         delta = _view(D, cur * half, n, d_out)
@@ -250,23 +328,10 @@ def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, 
             matmul_tn(_view(Hd, h, n, d_in), delta, hW, True)
         _add_colsum(delta_dot, hv[p + d_in * d_out:p + d_in * d_out + d_out])
         if l > 0:
-            back = _view(D, (1 - cur) * half, n, d_in)
-            back_dot = _view(Dd, (1 - cur) * half, n, d_in)
-            matmul_nt(delta, W, back, False)
-            matmul_nt(delta_dot, W, back_dot, False)
-            matmul_nt(delta, V, back_dot, True)
-            Zp = _view(Z, z - n * d_in, n, d_in)
-            Zdp = _view(Zd, z - n * d_in, n, d_in)
-            for i in range(n):
-                for j in range(d_in):
-                    a1 = act_d1(act, Zp[i, j])
-                    back_dot[i, j] = back_dot[i, j] * a1 + back[i, j] * act_d2(act, Zp[i, j]) * Zdp[i, j]
-                    back[i, j] *= a1
+            _r_delta_below(D, Dd, (1 - cur) * half, Z, Zd, z - n * d_in, delta, delta_dot, W, V, act)
             cur = 1 - cur
         elif dX.shape[0] > 0:
-            matmul_nt(delta, W, dX, False)
-            matmul_nt(delta_dot, W, dX_dot, False)
-            matmul_nt(delta, V, dX_dot, True)
+            _back_r_matmuls(dX, dX_dot, delta, delta_dot, W, V)
 
 
 # ---------------------------------------------------------------- losses

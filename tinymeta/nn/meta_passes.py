@@ -20,7 +20,9 @@ from __future__ import annotations
 from numba import njit
 
 from .activations import RELU
-from .kernels import _view, act_d1, act_d2, act_f, mse_kernel, mse_r_kernel, xent_kernel, xent_r_kernel
+from .kernels import (_activate, _add_bias, _add_colsum, _back_through_activation, _back_through_d1, _matmul_rows,
+                      _tangent_through_activation, _view, mse_kernel, mse_r_kernel, xent_kernel,
+                      xent_r_kernel)
 from .losses import MSE
 
 
@@ -57,41 +59,13 @@ def _mm(A, B, C, accumulate):
                 C[i + 2, j] += a2 * b
                 C[i + 3, j] += a3 * b
         i += 4
-    for i in range(i, m):
-        for r in range(k):
-            a = A[i, r]
-            for j in range(p):
-                C[i, j] += a * B[r, j]
+    _matmul_rows(A, B, C, i)
 
 
 @njit(cache=True)
 def _mm_tn(A, B, C, accumulate):
-    """``C = A.T @ B`` (or ``+=``); A (k, m), B (k, p), C (m, p); four rows of ``C`` at once."""
-    k, m = A.shape
-    p = B.shape[1]
-    if not accumulate:
-        C[:, :] = 0.0
-    if p == 1:
-        for r in range(k):
-            b = B[r, 0]
-            for i in range(m):
-                C[i, 0] += A[r, i] * b
-        return
-    for r in range(k):
-        i = 0
-        while i + 3 < m:
-            a0, a1, a2, a3 = A[r, i], A[r, i + 1], A[r, i + 2], A[r, i + 3]
-            for j in range(p):
-                b = B[r, j]
-                C[i, j] += a0 * b
-                C[i + 1, j] += a1 * b
-                C[i + 2, j] += a2 * b
-                C[i + 3, j] += a3 * b
-            i += 4
-        for i in range(i, m):
-            a = A[r, i]
-            for j in range(p):
-                C[i, j] += a * B[r, j]
+    """``C = A.T @ B`` (or ``+=``); A (k, m), B (k, p), C (m, p): ``_mm`` on the transposed view of ``A``."""
+    _mm(A.T, B, C, accumulate)
 
 
 @njit(cache=True)
@@ -117,15 +91,6 @@ def _mm_nt(A, B, C, accumulate, scratch):
     _mm(A, BT, C, accumulate)
 
 
-@njit(cache=True)
-def _colsum(delta, out):
-    """``out = sum over rows of delta``; delta (n, d), out (d,)."""
-    out[:] = 0.0
-    for i in range(delta.shape[0]):
-        for j in range(delta.shape[1]):
-            out[j] += delta[i, j]
-
-
 # ---------------------------------------------------------------- passes
 @njit(cache=True)
 def _input(X, H, n, zoff, sizes, l):
@@ -146,14 +111,9 @@ def _forward(theta, X, sizes, poff, zoff, act, Z, H):
         b = theta[poff[l] + d_in * d_out:poff[l + 1]]
         Zl = _view(Z, n * zoff[l], n, d_out)
         _mm(_input(X, H, n, zoff, sizes, l), W, Zl, False)
-        for i in range(n):
-            for j in range(d_out):
-                Zl[i, j] += b[j]
+        _add_bias(Zl, b)
         if l < L - 1:
-            Hl = _view(H, n * zoff[l], n, d_out)
-            for i in range(n):
-                for j in range(d_out):
-                    Hl[i, j] = act_f(act, Zl[i, j])
+            _activate(_view(H, n * zoff[l], n, d_out), Zl, act)
 
 
 @njit(cache=True)
@@ -178,14 +138,11 @@ def _backward(theta, X, sizes, poff, zoff, act, Z, H, D, grad, scratch):
         d_in, d_out = sizes[l], sizes[l + 1]
         delta = _view(D, n * zoff[l], n, d_out)
         _mm_tn(_input(X, H, n, zoff, sizes, l), delta, _view(grad, poff[l], d_in, d_out), False)
-        _colsum(delta, grad[poff[l] + d_in * d_out:poff[l + 1]])
+        _add_colsum(delta, grad[poff[l] + d_in * d_out:poff[l + 1]])
         if l > 0:
             back = _view(D, n * zoff[l - 1], n, d_in)
             _mm_nt(delta, _view(theta, poff[l], d_in, d_out), back, False, scratch)
-            Zp = _view(Z, n * zoff[l - 1], n, d_in)
-            for i in range(n):
-                for j in range(d_in):
-                    back[i, j] *= act_d1(act, Zp[i, j])
+            _back_through_d1(back, _view(Z, n * zoff[l - 1], n, d_in), act)
 
 
 @njit(cache=True)
@@ -202,16 +159,9 @@ def _hvp(theta, v, X, sizes, poff, zoff, act, loss, Z, H, D, Pr, Zd, Hd, Dd, hv,
         _mm(_input(X, H, n, zoff, sizes, l), _view(v, poff[l], d_in, d_out), Zdl, False)
         if l > 0:
             _mm(_view(Hd, n * zoff[l - 1], n, d_in), _view(theta, poff[l], d_in, d_out), Zdl, True)
-        c = v[poff[l] + d_in * d_out:poff[l + 1]]
-        for i in range(n):
-            for j in range(d_out):
-                Zdl[i, j] += c[j]
+        _add_bias(Zdl, v[poff[l] + d_in * d_out:poff[l + 1]])
         if l < L - 1:
-            Zl = _view(Z, n * zoff[l], n, d_out)
-            Hdl = _view(Hd, n * zoff[l], n, d_out)
-            for i in range(n):
-                for j in range(d_out):
-                    Hdl[i, j] = act_d1(act, Zl[i, j]) * Zdl[i, j]
+            _tangent_through_activation(_view(Hd, n * zoff[l], n, d_out), _view(Z, n * zoff[l], n, d_out), Zdl, act)
     C = sizes[L]
     out_dot = _view(Zd, n * zoff[L - 1], n, C)
     if loss == MSE:
@@ -226,7 +176,7 @@ def _hvp(theta, v, X, sizes, poff, zoff, act, loss, Z, H, D, Pr, Zd, Hd, Dd, hv,
         _mm_tn(_input(X, H, n, zoff, sizes, l), delta_dot, hW, False)
         if l > 0:
             _mm_tn(_view(Hd, n * zoff[l - 1], n, d_in), delta, hW, True)
-        _colsum(delta_dot, hv[poff[l] + d_in * d_out:poff[l + 1]])
+        _add_colsum(delta_dot, hv[poff[l] + d_in * d_out:poff[l + 1]])
         if l > 0:
             W = _view(theta, poff[l], d_in, d_out)
             back_dot = _view(Dd, n * zoff[l - 1], n, d_in)
@@ -234,14 +184,8 @@ def _hvp(theta, v, X, sizes, poff, zoff, act, loss, Z, H, D, Pr, Zd, Hd, Dd, hv,
             _mm_nt(delta, _view(v, poff[l], d_in, d_out), back_dot, True, scratch)
             Zp = _view(Z, n * zoff[l - 1], n, d_in)
             if act == RELU:  # act'' = 0
-                for i in range(n):
-                    for j in range(d_in):
-                        back_dot[i, j] *= act_d1(act, Zp[i, j])
-            else:
+                _back_through_d1(back_dot, Zp, act)
+            else:  # back (dL/dH, in tmp) is needed for the act'' term only
                 back = _view(tmp, 0, n, d_in)
                 _mm_nt(delta, W, back, False, scratch)
-                Zdp = _view(Zd, n * zoff[l - 1], n, d_in)
-                for i in range(n):
-                    for j in range(d_in):
-                        back_dot[i, j] = (back_dot[i, j] * act_d1(act, Zp[i, j])
-                                          + back[i, j] * act_d2(act, Zp[i, j]) * Zdp[i, j])
+                _back_through_activation(back, back_dot, Zp, _view(Zd, n * zoff[l - 1], n, d_in), act)
