@@ -75,7 +75,8 @@ def write_sinusoid_report(out_dir: Path, specs, results, seconds, jobs, command)
                   + "; ".join(f"{a}: {its} iterations, {n} seed{'s' * (n != 1)}" for a, (its, n) in sorted(reduced.items()))
                   + ".", ""]
     lines += [f"Command: `{command}`  ", f"tinymeta {__version__}, Python {platform.python_version()}, "
-              f"{os.cpu_count()} cores, {jobs} run(s) at a time; total wall time {seconds / 60:.1f} min.", "",
+              f"{os.cpu_count()} cores, {jobs} run(s) at a time; this invocation took {seconds / 60:.1f} min (runs "
+              "finished by an earlier invocation are reused; each run's own training time is in the tables).", "",
               "## Protocol", "",
               f"- Network 1-{'-'.join(map(str, config.hidden))}-1, {config.activation}, {config.dtype}; "
               f"theta initialised with scheme `{config.init}` (truncated normal, std 0.01, zero biases, as in the "
