@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-DEMO_ITERATIONS ?= 8000
+DEMO_ITERATIONS ?= 25000
 DEMO_DIR        ?= runs/demo
 
 ## demo: set up, then meta-train MAML on sinusoids with the paper's settings (DEMO_ITERATIONS iterations,
