@@ -224,3 +224,34 @@ def test_freezing_the_offsets_in_the_inner_loop_as_the_reference_code_does(rng):
     _, grad, _ = inner_loop.meta_loss_and_grad(net, theta, batch, precond, 2)
     numeric = gc.numerical_gradient(lambda t: inner_loop.meta_loss_and_grad(net, t, batch, precond, 2)[0], theta)
     assert gc.rel_error(grad, numeric) < gc.FD_TOL
+
+
+def test_maml_option_keeps_the_offsets_out_of_the_inner_loop_exactly(rng):
+    """``adapt_bn_offsets=False``: P is alpha on the weights and the output bias, 0 on the hidden
+    biases; training, prediction and batched evaluation all use it, and the meta-gradient is exact."""
+    net = _bn_net(sizes=(2, 6, 5, 3), loss="xent", backend="numba")
+    config = maml.Config(inner_lr=0.3, adapt_bn_offsets=False)
+    precond = maml.preconditioner(net, config)
+    layers = net.unflatten(precond)
+    assert all(np.all(b == 0.0) for _, b in layers[:-1]) and np.all(layers[-1][1] == 0.3)
+    assert all(np.all(W == 0.3) for W, _ in layers)
+    assert np.all(maml.preconditioner(net.replace(batchnorm=False), config) == 0.3)  # no batch norm: no offsets
+    assert np.all(maml.preconditioner(net, maml.Config(inner_lr=0.3)) == 0.3)
+    theta = net.init(rng) + 0.1 * rng.standard_normal(net.n_params)
+    batch = _task_batch(net, rng)
+    loss, grad = maml.meta_loss_and_grad(net, theta, batch, 0.3, 2, adapt_bn_offsets=False)
+    ref_loss, ref_grad, _ = inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, 2)
+    assert loss == ref_loss and np.array_equal(grad, ref_grad)
+    numeric = gc.numerical_gradient(
+        lambda t: maml.meta_loss_and_grad(net, t, batch, 0.3, 2, adapt_bn_offsets=False)[0], theta)
+    assert gc.rel_error(grad, numeric) < gc.FD_TOL
+    X_support, y_support, X_query, _ = batch.task(0)
+    out = maml.predict(net, {"theta": theta}, X_support, y_support, X_query, 2, config)
+    assert np.array_equal(out, inner_loop.reference_predictions(net, theta, X_support, y_support, X_query,
+                                                                precond, 2))
+    from tinymeta.algorithms import batched_predict
+
+    stacked = batched_predict.predict_batch(net, maml, {"theta": theta}, config, batch, 2)
+    assert np.array_equal(np.asarray(stacked)[0], out)
+    with pytest.raises(TypeError, match="adapt_bn_offsets"):
+        maml.Config(adapt_bn_offsets="no")

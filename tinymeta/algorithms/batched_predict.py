@@ -17,7 +17,7 @@ from . import anil, inner_loop, maml, metasgd, protocol, reptile
 
 
 def _maml(net, params, config):
-    return np.full(net.n_params, config.inner_lr, dtype=net.dtype)
+    return maml.preconditioner(net, config)
 
 
 def _metasgd(net, params, config):

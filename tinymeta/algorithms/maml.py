@@ -19,6 +19,8 @@ The meta-gradient is the chain rule through the K steps (inner_loop.py with
 
 ``first_order=True`` is FOMAML (Finn et al. 2017, section 5.2): the Hessian
 terms are dropped and the meta-gradient is :math:`\nabla L_{Q_i}(\theta_K)`.
+On a batch-normalised net, ``adapt_bn_offsets=False`` sets ``P`` to 0 on the
+hidden biases (batch norm's offsets), which the reference code does not adapt.
 """
 from __future__ import annotations
 
@@ -40,13 +42,27 @@ class Config:
     inner_lr: float = 0.01  # alpha: "a fixed step size alpha = 0.01" (section 5.1)
     inner_steps: int = 1  # "one gradient update" at meta-training (section 5.1)
     first_order: bool = False  # True: FOMAML (section 5.2)
+    # False: on a batch-normalised net the hidden biases (batch norm's offsets) stay out of the inner
+    # loop, as in the reference code, where the offsets are separate variables it does not adapt
+    adapt_bn_offsets: bool = True
 
     def __post_init__(self):
         val.check_float(self.inner_lr, "inner_lr", positive=True)
         val.check_int(self.inner_steps, "inner_steps", minimum=0)
+        protocol.check_flag(self.adapt_bn_offsets, "adapt_bn_offsets")
 
 
-def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_order=False):
+def preconditioner(net, config) -> np.ndarray:
+    """The inner loop's step vector ``P``: ``alpha`` everywhere, except 0 on the hidden biases of a
+    batch-normalised net when ``config.adapt_bn_offsets`` is False."""
+    precond = np.full(net.n_params, config.inner_lr, dtype=net.dtype)
+    if net.batchnorm and not config.adapt_bn_offsets:
+        for _, b in net.unflatten(precond)[:-1]:
+            b[...] = 0.0
+    return precond
+
+
+def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_order=False, adapt_bn_offsets=True):
     """Mean query loss after ``inner_steps`` SGD steps of size ``inner_lr``, and its gradient.
 
     Parameters
@@ -54,6 +70,7 @@ def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_or
     net : MLP ; theta : (net.n_params,)
     batch : TaskBatch with leading axis = task
     inner_lr : float > 0 ; inner_steps : int >= 0 ; first_order : bool
+    adapt_bn_offsets : bool, see ``Config``
 
     Returns
     -------
@@ -61,9 +78,9 @@ def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_or
     its exact gradient with respect to ``theta`` (FOMAML's approximation if
     ``first_order``).
     """
-    config = Config(inner_lr, inner_steps, protocol.check_flag(first_order, "first_order"))
+    config = Config(inner_lr, inner_steps, protocol.check_flag(first_order, "first_order"), adapt_bn_offsets)
     theta, batch = check_inputs(net, theta, batch)
-    precond = np.full_like(theta, config.inner_lr)
+    precond = preconditioner(net, config)
     loss, d_theta, _ = inner_loop.meta_loss_and_grad(net, theta, batch, precond, config.inner_steps,
                                                      config.first_order)
     return loss, d_theta
@@ -88,7 +105,7 @@ def meta_step(net, params, batch, config):
     """Meta-loss and meta-gradient of one meta-batch, keyed like ``params``."""
     params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
     loss, grad = meta_loss_and_grad(net, params["theta"], batch, config.inner_lr, config.inner_steps,
-                                    config.first_order)
+                                    config.first_order, config.adapt_bn_offsets)
     return loss, {"theta": grad}
 
 
@@ -98,5 +115,4 @@ def predict(net, params, X_support, y_support, X_query, steps, config):
     theta = val.as_float_array(params["theta"], "params['theta']", net.dtype, (net.n_params,))
     X_support, y_support, X_query = protocol.check_task(net, X_support, y_support, X_query)
     steps = val.check_int(steps, "steps", minimum=0)
-    return inner_loop.predictions(net, theta, X_support, y_support, X_query,
-                                  np.full_like(theta, config.inner_lr), steps)
+    return inner_loop.predictions(net, theta, X_support, y_support, X_query, preconditioner(net, config), steps)
