@@ -25,7 +25,7 @@ def test_evaluation_is_written_with_its_provenance(trained):
     assert (e["algo"], e["shots"], e["steps"], e["n_tasks"], e["iteration"]) == ("maml", 7, 3, 12, 4)
     assert len(e["mean"]) == len(e["ci95"]) == len(e["diverged"]) == 4
     assert e["train_seconds"] > 0 and e["tuned"] is None
-    assert e["algorithm_config"] == {"inner_lr": 0.01, "inner_steps": 1, "first_order": False}
+    assert e["algorithm_config"] == {"inner_lr": 0.01, "inner_steps": 1, "first_order": False, "adapt_bn_offsets": True}
 
 
 def test_the_baseline_step_is_the_best_on_validation_tasks(trained):
