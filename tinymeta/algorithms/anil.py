@@ -56,6 +56,11 @@ def head_mask(net):
     return mask
 
 
+def preconditioner(net, config):
+    """The inner loop's step vector ``P = alpha * head_mask(net)``, used by ``predict`` and batched evaluation."""
+    return config.inner_lr * head_mask(net)
+
+
 def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_order=False, mask=None):
     """Mean query loss after ``inner_steps`` head-only SGD steps, and its gradient.
 
@@ -113,4 +118,4 @@ def predict(net, params, X_support, y_support, X_query, steps, config):
     X_support, y_support, X_query = protocol.check_task(net, X_support, y_support, X_query)
     steps = val.check_int(steps, "steps", minimum=0)
     return inner_loop.predictions(net, theta, X_support, y_support, X_query,
-                                  config.inner_lr * head_mask(net), steps)
+                                  preconditioner(net, config), steps)

@@ -16,23 +16,15 @@ from .. import validation as val
 from . import anil, inner_loop, maml, metasgd, protocol, reptile
 
 
-def _maml(net, params, config):
-    return maml.preconditioner(net, config)
-
-
 def _metasgd(net, params, config):
     return val.as_float_array(params["alpha"], "alpha", net.dtype, (net.n_params,))
 
 
-def _anil(net, params, config):
-    return config.inner_lr * anil.head_mask(net)
-
-
 # module NAME -> (module, parameter keys, preconditioner from (net, params, config))
 PRECONDITIONED = {
-    maml.NAME: (maml, ("theta",), _maml),
+    maml.NAME: (maml, ("theta",), lambda net, params, config: maml.preconditioner(net, config)),
     metasgd.NAME: (metasgd, ("theta", "alpha"), _metasgd),
-    anil.NAME: (anil, ("theta",), _anil),
+    anil.NAME: (anil, ("theta",), lambda net, params, config: anil.preconditioner(net, config)),
 }
 SUPPORTED = frozenset(PRECONDITIONED) | {reptile.NAME}
 
