@@ -75,6 +75,8 @@ def test_budgets_shorten_or_thin_out_an_algorithm_and_are_validated():
     for bad in ("imaml", "imaml=x1", "imaml=0", "nope=10", "imaml=10x0"):
         with pytest.raises(ValueError):
             parse_budget(bad)
+    with pytest.raises(ValueError, match="image protocol"):
+        sinusoid_plan(algorithms=("maml",), budgets=(parse_budget("maml@5w1s=10"),))
 
 
 def test_publish_section_copies_figures_and_keeps_the_other_sections(tmp_path):

@@ -30,6 +30,27 @@ def test_the_plan_follows_the_protocol():
         rep.image_plan("glyphs", settings=["3w1s"])
 
 
+def test_budgets_give_an_algorithm_or_one_of_its_settings_other_iterations():
+    from tinymeta.reproduce import parse_budget
+
+    budgets = [parse_budget(t) for t in ("maml=500", "maml@20w5s=50", "reptile=70x1", "protonet@5w1s=9")]
+    specs = rep.image_plan("glyphs", algorithms=["maml", "reptile", "protonet"], seeds=(0, 1), iterations=1000,
+                           budgets=budgets)
+    its = {s.name: s.config.iterations for s in specs}
+    assert its["maml-5w1s-seed1"] == its["maml-20w1s-seed0"] == 500 and its["maml-20w5s-seed1"] == 50
+    assert its["protonet-5w1s-seed0"] == 9 and its["protonet-5w5s-seed1"] == 1000
+    assert {n for n in its if n.startswith("reptile")} == {f"reptile-{s}-seed0" for s in rep.SETTINGS}
+    assert {its[n] for n in its if n.startswith("reptile")} == {70}
+    by = {s.name: s.config for s in specs}
+    assert by["maml-20w5s-seed0"].eval_every == 5 and by["maml-20w5s-seed0"].checkpoint_every == 5
+    with pytest.raises(ValueError, match="setting must be among"):
+        rep.image_plan("glyphs", budgets=[parse_budget("maml@9w1s=10")])
+    assert parse_budget("maml@20w5s=500x2") == ("maml", 500, 2, "20w5s")
+    for bad in ("maml@=10", "maml@5w1s", "maml@5w1s=0"):
+        with pytest.raises(ValueError):
+            parse_budget(bad)
+
+
 def test_write_section_replaces_only_its_own_section(tmp_path):
     path = tmp_path / "REPRODUCTION.md"
     path.write_text(SINUSOID)
@@ -54,8 +75,10 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
 
 @pytest.mark.slow
 def test_a_tiny_reproduction_on_glyphs_fills_the_image_section(tmp_path):
+    from tinymeta.reproduce import parse_budget
+
     specs = rep.image_plan("glyphs", algorithms=["maml", "protonet"], settings=["5w1s"], iterations=2,
-                           eval_tasks=6, val_tasks=3, hidden=(16,))
+                           eval_tasks=6, val_tasks=3, hidden=(16,), budgets=[parse_budget("protonet=3")])
     results, seconds = rep.run_images(tmp_path / "runs", specs, jobs=1)
     assert [r["status"] for r in results] == ["finished", "finished"]
     report = tmp_path / "REPRODUCTION.md"
@@ -64,7 +87,7 @@ def test_a_tiny_reproduction_on_glyphs_fills_the_image_section(tmp_path):
     rep.write_report(report, text)
     written = report.read_text()
     assert written.startswith(SINUSOID.rstrip("\n")) and "<!-- tinymeta:omniglot -->" in written
-    assert "89.7 ± 1.1" in written and "Smoke run" in written and "glyphs" in written
+    assert "89.7 ± 1.1" in written and "Reduced budget: 2 to 3 iterations per run" in written and "glyphs" in written
     maml = results[0]["evaluations"][1]
     row = next(line for line in written.splitlines() if line.startswith("| maml, ours"))
     s = maml["test_steps"]

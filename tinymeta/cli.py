@@ -335,9 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "protocol's, 70000 for sinusoid)")
     p.add_argument("--seeds", type=_ints, default=None, help="training seeds, comma-separated (default: 0,1,2 "
                                                              "for sinusoid, 0 for omniglot)")
-    p.add_argument("--budget", type=_budget, action="append", default=[], metavar="ALGO=N[xS]",
-                   help="sinusoid: give ALGO N iterations (and only the first S seeds) instead of the "
-                        "protocol's, for the slow ones on a small machine; repeatable; the report says so")
+    p.add_argument("--budget", type=_budget, action="append", default=[], metavar="ALGO[@SETTING]=N[xS]",
+                   help="give ALGO N iterations (and only the first S seeds) instead of the protocol's, for the "
+                        "slow ones on a small machine; omniglot: @SETTING (e.g. maml@20w5s=500) for one setting "
+                        "only; repeatable; the report says so")
     p.add_argument("--algorithms", type=_names, default=None,
                    help=f"comma-separated subset of {','.join(sorted(registry.ALGORITHMS))} (default: all of them)")
     p.add_argument("--eval-tasks", type=int, default=600, help="fixed test tasks")

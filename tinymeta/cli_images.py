@@ -79,7 +79,8 @@ def cmd_reproduce(args, exit_interrupted: int) -> int:
     source = rep.resolve_source(args.source, args.data_root)
     specs = rep.image_plan(source, algorithms=args.algorithms, seeds=args.seeds or (0,), settings=args.settings,
                            iterations=args.iterations, quick=args.quick, eval_tasks=args.eval_tasks,
-                           val_tasks=args.val_tasks, data_root=args.data_root, batchnorm=args.batchnorm)
+                           val_tasks=args.val_tasks, data_root=args.data_root, batchnorm=args.batchnorm,
+                           budgets=args.budget)
     jobs = args.jobs or 1
     print(rep.format_plan(specs, jobs, estimate=args.dry_run))  # the estimate times every run: dry runs only
     if args.dry_run:

@@ -23,6 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 from . import registry, runs
 from .config import TrainConfig
@@ -46,18 +47,33 @@ class RunSpec:
     eval_shots: tuple
 
 
-def parse_budget(text: str) -> tuple:
-    """``"imaml=5000x1"`` -> ``("imaml", 5000, 1)``: an algorithm's iterations and, optionally, seed count."""
+class Budget(NamedTuple):
+    """An algorithm's iterations instead of the protocol's: ``n_seeds`` keeps only the first seeds
+    (sinusoid), ``setting`` limits it to one image setting such as ``"20w5s"`` (omniglot)."""
+
+    algo: str
+    iterations: int
+    n_seeds: Optional[int] = None
+    setting: Optional[str] = None
+
+
+def parse_budget(text: str) -> Budget:
+    """``"imaml=5000x1"`` -> ``Budget("imaml", 5000, 1)``; ``"maml@20w5s=500"`` -> ``Budget("maml", 500,
+    None, "20w5s")``: an algorithm's iterations, optionally its seed count, optionally for one setting."""
     try:
-        algo, rest = text.split("=")
+        head, rest = text.split("=")
+        algo, at, setting = head.partition("@")
         iterations, _, n_seeds = rest.partition("x")
-        budget = (algo.strip(), int(iterations), int(n_seeds) if n_seeds else None)
+        budget = Budget(algo.strip(), int(iterations), int(n_seeds) if n_seeds else None,
+                        setting.strip() if at else None)
     except ValueError:
-        raise ValueError(f"a budget must look like ALGO=ITERATIONS or ALGO=ITERATIONSxSEEDS (imaml=5000x1), "
-                         f"got {text!r}") from None
-    registry.algorithm(budget[0])
-    if budget[1] < 1 or (budget[2] is not None and budget[2] < 1):
+        raise ValueError(f"a budget must look like ALGO=ITERATIONS, ALGO=ITERATIONSxSEEDS (imaml=5000x1) or "
+                         f"ALGO@SETTING=ITERATIONS (maml@20w5s=500), got {text!r}") from None
+    registry.algorithm(budget.algo)
+    if budget.iterations < 1 or (budget.n_seeds is not None and budget.n_seeds < 1):
         raise ValueError(f"a budget's iterations and seed count must be positive, got {text!r}")
+    if at and not budget.setting:
+        raise ValueError(f"a budget's setting after @ is empty, got {text!r}")
     return budget
 
 
@@ -65,7 +81,7 @@ def sinusoid_plan(algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_task
                   budgets=()) -> list:
     """The runs of the sinusoid protocol, deduplicated (MAML at K = 10 serves both tables).
 
-    ``budgets``: ``(algo, iterations, n_seeds)`` triples (``parse_budget``) that give an algorithm
+    ``budgets``: ``Budget`` tuples (``parse_budget``) that give an algorithm
     fewer iterations, or only the first ``n_seeds`` seeds, than the protocol's; the report says so.
     """
     regression = {name for name, a in registry.ALGORITHMS.items() if a.kind == "gradient"}  # not the metric learners
@@ -73,7 +89,9 @@ def sinusoid_plan(algorithms=None, seeds=(0, 1, 2), iterations=70_000, eval_task
     algorithms = available if algorithms is None else list(algorithms)
     for a in algorithms:
         registry.algorithm(a)
-    budget = {algo: (its, n) for algo, its, n in budgets}
+    if any(b.setting is not None for b in budgets):
+        raise ValueError("budgets for one setting (ALGO@SETTING=N) apply to the image protocol, not to sinusoid")
+    budget = {b.algo: (b.iterations, b.n_seeds) for b in budgets}
 
     def base(its):
         return TrainConfig(iterations=its, eval_tasks=eval_tasks, val_tasks=val_tasks, eval_shots=TEST_SHOTS,

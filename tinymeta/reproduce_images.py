@@ -43,9 +43,10 @@ PUBLISHED_MLP = {  # Finn et al. 2017, Table 1, the non-convolutional rows
 }
 PUBLISHED_CONV = {  # convolutional networks: context only, not the same model as ours
     "maml": ("MAML, Finn et al. 2017, Table 1", ("98.7 ± 0.4", "99.9 ± 0.1", "95.8 ± 0.3", "98.9 ± 0.2")),
-    "fomaml": ("first-order MAML, Finn et al. 2017, Table 1", ("98.3 ± 0.5", "99.2 ± 0.2", "89.4 ± 0.5", "97.9 ± 0.1")),
-    "metasgd": ("Meta-SGD, Li et al. 2017, Table 1", ("99.53 ± 0.26", "99.93 ± 0.09", "95.93 ± 0.38", "98.97 ± 0.19")),
-    "reptile": ("Reptile, Nichol et al. 2018, Table 1", ("95.39 ± 0.09", "98.90 ± 0.10", "88.14 ± 0.15", "96.65 ± 0.33")),
+    "fomaml": ("first-order MAML with transduction, in Nichol et al. 2018, Table 2", ("98.3 ± 0.5", "99.2 ± 0.2", "89.4 ± 0.5", "97.9 ± 0.1")),
+    "metasgd": ("Meta-SGD, Li et al. 2017, Omniglot table", ("99.53 ± 0.26", "99.93 ± 0.09", "95.93 ± 0.38", "98.97 ± 0.19")),
+    "anil": ("ANIL, Raghu et al. 2020, Table 2", (None, None, "96.2 ± 0.5", "98.0 ± 0.3")),
+    "reptile": ("Reptile without transduction, Nichol et al. 2018 (arXiv v3), Table 2", ("95.39 ± 0.09", "98.90 ± 0.10", "88.14 ± 0.15", "96.65 ± 0.33")),
     "protonet": ("Prototypical Networks, Snell et al. 2017, Table 1", ("98.8", "99.7", "96.0", "98.9")),
     "matching": ("Matching Networks, Vinyals et al. 2016, Table 1", ("98.1", "98.9", "93.8", "98.5")),
     "siamese": ("conv. Siamese Net, fine-tuned, in Vinyals et al. 2016, Table 1", ("97.3", "98.4", "88.1", "97.0")),
@@ -79,10 +80,13 @@ def resolve_source(source="auto", data_root=None) -> str:
 
 
 def image_plan(source="omniglot", algorithms=None, seeds=(0,), settings=None, iterations=None, quick=False,
-               eval_tasks=600, val_tasks=100, data_root=None, hidden=None, batchnorm=False) -> list:
+               eval_tasks=600, val_tasks=100, data_root=None, hidden=None, batchnorm=False, budgets=()) -> list:
     """The runs of the image protocol: every algorithm at every setting and seed.
 
     ``iterations``: per run (default: ``QUICK`` with ``quick``, else the protocol's 60 000).
+    ``budgets``: ``reproduce.Budget`` tuples that give an algorithm, at every setting or at one
+    (``Budget.setting``), other iterations (and optionally only the first seeds); a setting's budget
+    wins over the algorithm's.
     ``hidden``: other hidden widths than the protocol's (tests use tiny ones).
     ``batchnorm``: the gradient-based learners' network normalises its hidden layers, as Finn et al.'s
     (their inner step then becomes the paper's 2.0 on the mean loss). The metric learners stay without:
@@ -102,6 +106,10 @@ def image_plan(source="omniglot", algorithms=None, seeds=(0,), settings=None, it
         iterations = QUICK["iterations"] if iterations is None else iterations
         eval_tasks, val_tasks = max(eval_tasks, QUICK["eval_tasks"]), min(val_tasks, QUICK["val_tasks"])
     iterations = PROTOCOL_ITERATIONS if iterations is None else iterations
+    for b in budgets:
+        if b.setting is not None and b.setting not in SETTINGS:
+            raise ValueError(f"a budget's setting must be among {list(SETTINGS)}, got {b.setting!r}")
+    budget = {(b.algo, b.setting): (b.iterations, b.n_seeds) for b in budgets}
     specs = []
     for setting in settings:
         ways, shots = SETTINGS[setting]
@@ -113,11 +121,12 @@ def image_plan(source="omniglot", algorithms=None, seeds=(0,), settings=None, it
                 options = {"inner_steps": GRADIENT_20WAY["inner_steps"]} if algo != "metasgd" else {}
             if batchnorm and registry.algorithm(algo).kind == "gradient":
                 extra["batchnorm"] = True
-            for seed in seeds:
-                config = TrainConfig(algo=algo, task=source, ways=ways, shots=shots, seed=seed, iterations=iterations,
+            its, n_seeds = budget.get((algo, setting), budget.get((algo, None), (iterations, None)))
+            for seed in seeds[:n_seeds]:
+                config = TrainConfig(algo=algo, task=source, ways=ways, shots=shots, seed=seed, iterations=its,
                                      eval_tasks=eval_tasks, val_tasks=val_tasks, data_root=data_root, hidden=hidden,
-                                     eval_every=max(1, iterations // 10), checkpoint_every=max(1, min(1000, iterations // 10)),
-                                     log_every=max(1, min(100, iterations // 50)), algo_options=options, **extra)
+                                     eval_every=max(1, its // 10), checkpoint_every=max(1, min(1000, its // 10)),
+                                     log_every=max(1, min(100, its // 50)), algo_options=options, **extra)
                 specs.append(RunSpec(f"{algo}-{setting}-seed{seed}", config, (shots,)))
     return specs
 
@@ -196,12 +205,15 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
             by.setdefault(spec.config.algo, {}).setdefault(setting, []).append(e)
     first = specs[0].config
     settings = [s for s in SETTINGS if any(s in v for v in by.values())] or list(SETTINGS)
-    smoke = first.iterations < PROTOCOL_ITERATIONS
+    budgets = sorted({sp.config.iterations for sp in specs})
+    smoke = budgets[0] < PROTOCOL_ITERATIONS
+    budget_text = (f"{budgets[0]:,} iterations per run" if len(budgets) == 1 else
+                   f"{budgets[0]:,} to {budgets[-1]:,} iterations per run (each run's in the tables)")
     source = first.task
     lines = [f"## Reproduction: {source} few-shot classification, non-convolutional network", ""]
     if smoke:
-        lines += [f"**Smoke run: {first.iterations} meta-iterations per run instead of the protocol's "
-                  f"{PROTOCOL_ITERATIONS:,}. These numbers test the pipeline, not the papers.**", ""]
+        lines += [f"**Reduced budget: {budget_text} instead of the protocol's {PROTOCOL_ITERATIONS:,}, to fit "
+                  "this machine. These numbers are baselines at that budget, not the papers' protocol.**", ""]
     if source == "glyphs":
         lines += ["**Images: the generated glyphs (the Omniglot archives were not found), so the published "
                   "Omniglot numbers are not comparable.**", ""]
@@ -233,7 +245,7 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
               f"- ProtoNet: 60-way training episodes with 5 queries per class, one per update, Adam 1e-3 halved "
               "every 2000 (Snell et al. 2017, section 3.1). Matching Nets (with and without FCE), Siamese and "
               "Relation Net: one N-way episode per update with 5 queries per class, Adam 1e-3.",
-              f"- Meta-training: {first.iterations:,} iterations per run (the protocol: {PROTOCOL_ITERATIONS:,}); "
+              f"- Meta-training: {budget_text} (the protocol: {PROTOCOL_ITERATIONS:,}); "
               f"training episodes have K query drawings per class (reference code).",
               f"- Test: {first.eval_tasks} fixed, seeded {source} test episodes per setting (the same for every "
               f"method), {first.eval_query} query drawings per class (at most 20 - K), accuracy with a 95% "
@@ -260,8 +272,8 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
                      f"({_duration(np.mean(tests))}) |")
     lines += _steps_table(by, settings)
     lines += ["", "Convolutional networks, for context only (4-layer CNNs, a different model from ours; "
-              "transcribed from each paper's Omniglot table; not re-checked against the papers on this "
-              "offline machine):", "",
+              "transcribed from each paper's Omniglot table and checked against stored copies of the papers' text; "
+              "– where a paper has no number):", "",
               "| method | " + " | ".join(_setting_title(s) for s in settings) + " |", "|---|" + "---|" * len(settings)]
     for algo, (source_text, values) in PUBLISHED_CONV.items():
         if algo in by or algo in ("maml",):
