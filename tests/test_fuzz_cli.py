@@ -90,6 +90,24 @@ def test_ctrl_c_outside_the_training_loop_exits_130_without_a_traceback(tmp_path
     assert code == 130 and "interrupted" in err and "Traceback" not in err
 
 
+def test_sigterm_outside_the_training_loop_stops_like_ctrl_c_and_the_handler_is_restored(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import os
+    import signal
+
+    from tinymeta import runs
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the handler main() installed
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(runs, "evaluate_run", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    code, err = _exit(["eval", str(tmp_path)], capsys)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 # ------------------------------------------------------------ random values for every numeric train option
 NUMERIC = [(option, field, kind) for option, field, kind, _ in cli.TRAIN_OPTIONS if kind in (int, float)]
 VALUES = st.one_of(st.integers(-3, 3).map(str), st.sampled_from(["0", "-0.0", "1e-3", "1e300", "nan", "inf", "-inf",

@@ -130,12 +130,15 @@ def test_sigkill_at_random_moments_loses_at_most_one_interval_and_resumes_bit_id
     _assert_same_final_state(straight, run_dir)
 
 
-def test_sigint_saves_the_current_iteration_and_resumes_bit_identically(straight, tmp_path):
+@pytest.mark.parametrize("signum, code, words", [(signal.SIGINT, 130, "interrupted at iteration"),
+                                                  (signal.SIGTERM, 143, "interrupted by SIGTERM at iteration")])
+def test_sigint_or_sigterm_saves_the_current_iteration_and_resumes_bit_identically(straight, tmp_path, signum,
+                                                                                     code, words):
     run_dir = tmp_path / "run"
-    at = int(np.random.default_rng(7).integers(EVERY + 1, ITERATIONS - 2 * EVERY))
-    returncode, stderr, logged = _interrupt(_command(run_dir), run_dir, at, signal.SIGINT)
-    assert returncode == 130, stderr
-    assert "interrupted at iteration" in stderr and "--resume" in stderr
+    at = int(np.random.default_rng(7 + signum).integers(EVERY + 1, ITERATIONS - 2 * EVERY))
+    returncode, stderr, logged = _interrupt(_command(run_dir), run_dir, at, signum)
+    assert returncode == code, stderr
+    assert words in stderr and "--resume" in stderr
     saved = checkpoint.load(run_dir / CHECKPOINT)["scalars"]["iteration"]
     assert saved >= logged and saved == _last_iteration(run_dir)  # nothing lost: the stop iteration is saved
     assert {p.name for p in run_dir.iterdir()} <= RUN_FILES

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import cli_images
@@ -213,9 +215,10 @@ def _cmd_train(args) -> int:
         print(f"tinymeta train: {err}", file=sys.stderr)
         return 1
     if result.status == "interrupted":
-        print(f"\ninterrupted at iteration {result.iteration}; checkpoint saved in {run_dir / 'checkpoint.npz'}.\n"
+        by = " by SIGTERM" if result.signum == signal.SIGTERM else ""
+        print(f"\ninterrupted{by} at iteration {result.iteration}; checkpoint saved in {run_dir / 'checkpoint.npz'}.\n"
               f"continue with: tinymeta train --resume --out {run_dir}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + signal.SIGTERM if by else EXIT_INTERRUPTED
     print(f"trained {result.iteration} iterations in {result.seconds:.1f} s; run directory {run_dir}")
     evaluation = runs.evaluate_run(run_dir)
     _report(run_dir, evaluation, [] if args.no_plots else runs.plot_run(run_dir, evaluation))
@@ -379,6 +382,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         check_args(args)
         return args.run(args)
@@ -386,6 +391,15 @@ def main(argv=None) -> int:
         parser.exit(2, f"tinymeta {args.command}: error: {_name_option(str(err))}\n")
     except KeyboardInterrupt:  # outside the training loop, which saves and returns on its own
         parser.exit(EXIT_INTERRUPTED, f"\ntinymeta {args.command}: interrupted\n")
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    """SIGTERM outside the training loop (which saves a checkpoint first) stops like Ctrl-C: reproduce
+    asks its running runs to checkpoint, and the process exits with code 130."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -49,13 +49,15 @@ class TrainingDiverged(TrainingStopped):
 
 
 class TrainResult(NamedTuple):
-    """``status`` is "finished", "interrupted" (SIGINT) or "paused" (``until`` reached)."""
+    """``status`` is "finished", "interrupted" (SIGINT, SIGTERM or ``should_stop``) or "paused"
+    (``until`` reached); ``signum`` is the signal that interrupted, if one did."""
 
     status: str
     iteration: int
     params: dict
     seconds: float
     run_dir: Path
+    signum: int | None = None
 
 
 def learning_rate(config: TrainConfig, t: int) -> float:
@@ -113,24 +115,27 @@ def _check_finite(iteration, loss, grads, params, run_dir, last_saved):
 
 
 class _StopRequest:
-    """On SIGINT, set ``requested`` (the loop then saves and returns); a second SIGINT interrupts."""
+    """On SIGINT or SIGTERM, set ``requested`` and ``signum`` (the loop then saves and returns);
+    a second signal of the same kind gets the handler that was there before."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled: bool):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested, self.previous = False, None
+        self.requested, self.signum, self.previous = False, None, {}
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, self.previous)
+        self.requested, self.signum = True, signum
+        signal.signal(signum, self.previous[signum])
 
     def __enter__(self):
         if self.enabled:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self.enabled:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def _prepare(run_dir: Path, config, resume: bool, overwrite: bool):
@@ -210,7 +215,7 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
     overwrite : replace an existing run instead of refusing to
     until : int or None, stop (with a checkpoint) after this iteration; the run can be resumed
     progress : show a tqdm bar with the running meta-loss
-    handle_sigint : on Ctrl-C, save a checkpoint and return with status "interrupted"
+    handle_sigint : on Ctrl-C or SIGTERM, save a checkpoint and return with status "interrupted"
     should_stop : callable returning True to stop the same way (checked every iteration), or None
 
     Raises
@@ -307,7 +312,7 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
     finally:
         bar.close()
         log.close()
-    return TrainResult(status, sc["iteration"], params, sc["seconds"], run_dir)
+    return TrainResult(status, sc["iteration"], params, sc["seconds"], run_dir, stop.signum)
 
 
 def load_run(run_dir):
