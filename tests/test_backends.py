@@ -89,3 +89,28 @@ def test_batchnorm_kernels_match_the_normalisation_functions(rng):
     BK.bn_r_backward(X_hat, sigma, A_dot, dA, dA_dot, dA, dA_dot)
     assert rel_error(dA, normalize_apply(X_hat, sigma, G)) <= 1e-13
     assert rel_error(dA_dot, normalize_r_backward(X_hat, sigma, A_dot, G, G_dot)) <= 1e-13
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_large_calls_go_to_blas_and_agree_with_the_kernels(batchnorm, rng, monkeypatch):
+    """From ``BLAS_MIN_WORK`` row-weight products on, the Numba backend hands every public function
+    to ``reference.py``; the shapes alone decide, and both paths give the same numbers."""
+    from tinymeta.nn import numba_backend, reference
+
+    net = tm.MLP((6, 9, 7, 3), activation="tanh", loss="xent", backend="numba", batchnorm=batchnorm)
+    theta, X, y = random_problem(net, rng, n=11)
+    v, dout = rng.standard_normal(net.n_params), rng.standard_normal((11, 3))
+    calls = []
+    real = reference.forward_pass
+    monkeypatch.setattr(reference, "forward_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(numba_backend, "BLAS_MIN_WORK", 11 * net.n_params + 1)  # one row short of it
+    kernels = _all_outputs(net, theta, X, y, v, dout)
+    assert calls == []
+    monkeypatch.setattr(numba_backend, "BLAS_MIN_WORK", 11 * net.n_params)
+    blas = _all_outputs(net, theta, X, y, v, dout)
+    assert len(calls) == 10  # each of the ten calls of _all_outputs, once
+    for key in kernels:
+        assert np.shape(blas[key]) == np.shape(kernels[key]), key
+        assert rel_error(blas[key], kernels[key]) <= TOL["float64"], key
+    assert (numba_backend._blas(net, np.empty((10**6, 6))) and
+            not numba_backend._blas(net, np.empty((1, 6))))  # the real threshold sits in between

@@ -4,6 +4,14 @@ net with ``batchnorm=True``).
 
 Workspaces are allocated once per call and handed to the kernels; no
 kernel allocates. Inputs are assumed validated (``MLP`` does that).
+
+Large calls go to NumPy's BLAS instead (DESIGN.md section 7: on large
+layers, BLAS is the roofline): from ``BLAS_MIN_WORK`` row-weight products
+on (a ProtoNet meta-batch of 32 episodes of 100 Omniglot images is ~8e8),
+every public function here hands the call to its twin in ``reference.py``,
+whose matrix products are BLAS calls. The two agree to rounding
+(``tests/test_backends.py``); which one runs depends only on the shapes, so
+the same inputs always give the same bits.
 """
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import numpy as np
 
 from . import bn_kernels as BK
 from . import kernels as K
+from . import reference
 from .activations import get_activation
 from .batchnorm import BN_EPS
 from .losses import MSE, get_loss
@@ -83,15 +92,29 @@ def _loss_into(net, ws, y):
 
 
 # ----------------------------------------------------- the public contract
+BLAS_MIN_WORK = 20_000_000  # rows x weights of a call from which NumPy's BLAS is faster than the kernels
+
+
+def _blas(net, X) -> bool:
+    """Whether ``X`` on ``net`` is a call for BLAS (``reference.py``) rather than the kernels."""
+    return X.shape[0] * net.n_params >= BLAS_MIN_WORK
+
+
 def forward(net, theta, X):
+    if _blas(net, X):
+        return reference.forward(net, theta, X)
     return _forward(net, theta, X).out(net).copy()
 
 
 def loss(net, theta, X, y):
+    if _blas(net, X):
+        return reference.loss(net, theta, X, y)
     return float(_loss_into(net, _forward(net, theta, X), y))
 
 
 def loss_and_grad(net, theta, X, y, input_grad=False):
+    if _blas(net, X):
+        return reference.loss_and_grad(net, theta, X, y, input_grad)
     ws = _forward(net, theta, X)
     value = _loss_into(net, ws, y)
     grad = np.empty_like(theta)
@@ -101,6 +124,8 @@ def loss_and_grad(net, theta, X, y, input_grad=False):
 
 
 def vjp(net, theta, X, dout, input_grad=False):
+    if _blas(net, X):
+        return reference.vjp(net, theta, X, dout, input_grad)
     ws = _forward(net, theta, X)
     grad = np.empty_like(theta)
     dX = np.empty_like(X) if input_grad else _no_dx(theta)
@@ -121,10 +146,14 @@ def _tangent_forward(net, theta, X, v, X_dot):
 
 
 def jvp(net, theta, X, v, X_dot=None):
+    if _blas(net, X):
+        return reference.jvp(net, theta, X, v, X_dot)
     return _tangent_forward(net, theta, X, v, X_dot).out_dot(net).copy()
 
 
 def hvp(net, theta, X, y, v, X_dot=None, input_grad=False):
+    if _blas(net, X):
+        return reference.hvp(net, theta, X, y, v, X_dot, input_grad)
     sizes, act = _sizes(net), _act(net)
     ws = _tangent_forward(net, theta, X, v, X_dot)
     _loss_into(net, ws, y)
