@@ -112,12 +112,33 @@ def test_small_calls_run_on_one_thread_and_leave_the_thread_count_alone(limit, r
 
     monkeypatch.setattr(meta_batch, "PARALLEL_MIN_WORK", limit)
     seen = []
-    kernel = meta_batch.meta_batch_kernel
-    monkeypatch.setattr(meta_batch, "meta_batch_kernel", lambda *a: seen.append(numba.get_num_threads()) or kernel(*a))
+    for name in ("meta_batch_kernel", "meta_batch_serial"):
+        kernel = getattr(meta_batch, name)
+        monkeypatch.setattr(meta_batch, name, lambda *a, k=kernel, name=name: seen.append(name) or k(*a))
     net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng, T=3)
     before = numba.get_num_threads()
     meta_batch.meta_loss_and_grad(net, theta, batch, _precond(net, rng, "maml"), 1)
-    assert seen == [before if limit == 0 else 1] and numba.get_num_threads() == before
+    assert seen == ["meta_batch_kernel" if limit == 0 else "meta_batch_serial"]
+    assert numba.get_num_threads() == before
+
+
+def test_serial_and_parallel_kernels_and_reused_workspaces_give_the_same_bits(rng, monkeypatch):
+    """The same meta-batch through both compiled variants, and again after another shape has used
+    the cached workspaces: identical results; the returned arrays are not the workspaces."""
+    net, theta, batch = _problem((1, 40, 40, 1), "tanh", "mse", rng, T=11)
+    _, _, other = _problem((1, 40, 40, 1), "tanh", "mse", rng, T=4)
+    precond = _precond(net, rng, "maml")
+    results = []
+    for limit in (10 ** 12, 0, 10 ** 12):
+        monkeypatch.setattr(meta_batch, "PARALLEL_MIN_WORK", limit)
+        results.append(meta_batch.meta_loss_and_grad(net, theta, batch, precond, 2))
+        meta_batch.meta_loss_and_grad(net, theta, other, precond, 2)
+    for got in results[1:]:
+        assert got[0] == results[0][0]
+        assert np.array_equal(got[1], results[0][1]) and np.array_equal(got[2], results[0][2])
+    assert results[0][1] is not results[2][1] and not np.shares_memory(results[0][1], results[2][1])
+    want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, 2)
+    _assert_close(results[0], want, TOL64)
 
 
 def test_public_algorithms_take_the_compiled_path(rng, monkeypatch):

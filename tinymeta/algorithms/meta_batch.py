@@ -15,20 +15,29 @@ only when it holds at least ``PARALLEL_MIN_WORK`` row-parameter products;
 smaller calls run on the calling thread alone. On the shared 2-core
 development machine, a sinusoid meta-batch (~1 ms of work) ran 3-5x *slower*
 on 2 threads than on 1: the fork/join waits for a thread that the
-scheduler has given to another process (NOTES-kernels.md). The limit is
-applied with ``numba.set_num_threads`` for the duration of the call, which
-Numba keeps per calling thread; nothing process-wide changes.
+scheduler has given to another process (NOTES-kernels.md). The meta-batch
+kernel is compiled twice for that (``meta_batch_kernel`` over the threads,
+``meta_batch_serial`` without); the other kernels get the limit with
+``numba.set_num_threads`` for the duration of the call, which Numba keeps
+per calling thread; nothing process-wide changes.
+
+Workspaces: ``meta_loss_and_grad`` keeps the buffers of the last few
+meta-batch shapes (``_meta_plan``) instead of allocating them on every
+call; the kernels overwrite them before reading.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
+from functools import lru_cache
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
 from ..nn.activations import get_activation
 from ..nn.losses import MSE, get_loss
-from ..nn.meta_kernels import adapt_kernel, meta_batch_kernel, predictions_kernel
+from ..nn.meta_kernels import adapt_kernel, meta_batch_kernel, meta_batch_serial, predictions_kernel
 from ..nn.mlp import MLP
 
 TASK_SLOTS = 8  # parallel task slots; fixed so that sums do not depend on the number of threads
@@ -111,30 +120,44 @@ def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False):
     (T, n, _), nq = Xs.shape, Xq.shape[1]
     Ysf, Ysi = _targets(net, batch.y_support, T, n, "y_support")
     Yqf, Yqi = _targets(net, batch.y_query, T, nq, "y_query")
+    K = int(steps)
+    plan = _meta_plan(net, T, n, nq, K, threading.get_ident())
+    d_theta, d_precond = np.empty_like(theta), np.empty_like(theta)
+    parallel = T * (max(K, 1) * n + nq) * theta.shape[0] >= PARALLEL_MIN_WORK
+    kernel = meta_batch_kernel if parallel else meta_batch_serial
+    loss = kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, *plan.layout, K, bool(first_order), *plan.workspaces,
+                  d_theta, d_precond)
+    return float(loss) / T, d_theta / T, d_precond / T
+
+
+class _Plan(NamedTuple):
+    """What a meta-batch of one shape needs besides its data: ``layout`` (sizes, offsets,
+    activation and loss codes) and ``workspaces`` (every buffer the kernel writes)."""
+
+    layout: tuple
+    workspaces: tuple
+
+
+@lru_cache(maxsize=4)  # an Omniglot 20-way plan holds ~200 MB
+def _meta_plan(net, T, n, nq, K, thread) -> _Plan:
+    """The ``_Plan`` of a meta-batch of ``T`` tasks of ``n`` support and ``nq`` query rows, ``K``
+    steps, made once and reused: a training loop calls with one shape thousands of times.
+    ``thread`` (the caller's thread id) keeps two threads from sharing workspaces."""
     sizes, poff, zoff = _layout(net)
-    S, P, K, C = min(T, TASK_SLOTS), theta.shape[0], int(steps), int(sizes[-1])
+    S, P, C = min(T, TASK_SLOTS), net.n_params, int(sizes[-1])
     Kst = max(K, 1)
     zsum, width, block = int(zoff[-1]), int(sizes.max()), int((sizes[:-1] * sizes[1:]).max())
-    dt = theta.dtype
+    dt = np.dtype(net.dtype)
 
     def empty(*shape):
         return np.empty((S, *shape), dtype=dt)
 
-    loss_acc, d_theta_acc, d_precond_acc = np.empty(S, dtype=dt), empty(P), empty(P)
-    with _threads_for(T * (max(K, 1) * n + nq) * P):
-        meta_batch_kernel(
-            theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, get_activation(net.activation).code,
-            get_loss(net.loss_name).code, K, bool(first_order),
-            empty(K + 1, P), empty(Kst, P), empty(Kst, n * zsum), empty(Kst, n * zsum), empty(Kst, n * zsum),
-            empty(Kst, n * C), empty(nq * zsum), empty(nq * zsum), empty(nq * zsum), empty(nq * C),
-            empty(n * zsum), empty(n * zsum), empty(n * zsum), empty(P), empty(P), empty(P),
-            empty(n * width), empty(block), loss_acc, d_theta_acc, d_precond_acc)
-    loss, d_theta, d_precond = 0.0, np.zeros_like(theta), np.zeros_like(theta)
-    for s in range(S):
-        loss += float(loss_acc[s])
-        d_theta += d_theta_acc[s]
-        d_precond += d_precond_acc[s]
-    return loss / T, d_theta / T, d_precond / T
+    layout = (sizes, poff, zoff, get_activation(net.activation).code, get_loss(net.loss_name).code)
+    workspaces = (empty(K + 1, P), empty(Kst, P), empty(Kst, n * zsum), empty(Kst, n * zsum), empty(Kst, n * zsum),
+                  empty(Kst, n * C), empty(nq * zsum), empty(nq * zsum), empty(nq * zsum), empty(nq * C),
+                  empty(n * zsum), empty(n * zsum), empty(n * zsum), empty(P), empty(P), empty(P),
+                  empty(n * width), empty(block), np.empty(S, dtype=dt), empty(P), empty(P))
+    return _Plan(layout, workspaces)
 
 
 def predictions(net, theta, X_support, y_support, X_query, precond, steps):

@@ -68,23 +68,63 @@ def _task(theta, precond, X, Yf, Yi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss,
     return value
 
 
+@njit(cache=True)
+def _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
+          thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, loss_acc,
+          d_theta_acc, d_precond_acc):
+    """Slot ``s``: the tasks ``s, s + S, s + 2S, ...`` in order, summed into row ``s`` of the
+    accumulators, with row ``s`` of every workspace."""
+    T, S = Xs.shape[0], thetas.shape[0]
+    loss_acc[s] = 0.0
+    d_theta_acc[s, :] = 0.0
+    d_precond_acc[s, :] = 0.0
+    for t in range(s, T, S):
+        loss_acc[s] += _task(theta, precond, Xs[t], Ysf[t], Ysi[t], Xq[t], Yqf[t], Yqi[t], sizes, poff,
+                             zoff, act, loss, steps, first_order, thetas[s], grads[s], Zs[s], Hs[s],
+                             Ds[s], Ps[s], Zq[s], Hq[s], Dq[s], Pq[s], Zd[s], Hd[s], Dd[s], u[s], w[s],
+                             hv[s], tmp[s], scratch[s], d_theta_acc[s], d_precond_acc[s])
+
+
+@njit(cache=True)
+def _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
+    """The slots' sums added in slot order: the loss (returned), ``d_theta``, ``d_precond``."""
+    total = 0.0
+    d_theta[:] = 0.0
+    d_precond[:] = 0.0
+    for s in range(loss_acc.shape[0]):
+        total += loss_acc[s]
+        for j in range(d_theta.shape[0]):
+            d_theta[j] += d_theta_acc[s, j]
+            d_precond[j] += d_precond_acc[s, j]
+    return total
+
+
 @njit(cache=True, parallel=True)
 def meta_batch_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps,
                       first_order, thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv,
-                      tmp, scratch, loss_acc, d_theta_acc, d_precond_acc):
-    """Sums over the tasks of each slot of the query loss and its gradients wrt
-    ``theta`` and ``precond`` (inner_loop.reference_meta_loss_and_grad, before
-    the mean). Slot ``s`` owns row ``s`` of every workspace and accumulator."""
-    T, S = Xs.shape[0], thetas.shape[0]
-    for s in prange(S):
-        loss_acc[s] = 0.0
-        d_theta_acc[s, :] = 0.0
-        d_precond_acc[s, :] = 0.0
-        for t in range(s, T, S):
-            loss_acc[s] += _task(theta, precond, Xs[t], Ysf[t], Ysi[t], Xq[t], Yqf[t], Yqi[t], sizes, poff,
-                                 zoff, act, loss, steps, first_order, thetas[s], grads[s], Zs[s], Hs[s],
-                                 Ds[s], Ps[s], Zq[s], Hq[s], Dq[s], Pq[s], Zd[s], Hd[s], Dd[s], u[s], w[s],
-                                 hv[s], tmp[s], scratch[s], d_theta_acc[s], d_precond_acc[s])
+                      tmp, scratch, loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
+    """The sum over tasks of the query loss (returned) and of its gradients wrt
+    ``theta`` and ``precond`` (into ``d_theta``, ``d_precond``):
+    inner_loop.reference_meta_loss_and_grad before the mean. The slots run on
+    Numba's threads."""
+    for s in prange(thetas.shape[0]):
+        _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
+              thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, loss_acc,
+              d_theta_acc, d_precond_acc)
+    return _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond)
+
+
+@njit(cache=True)
+def meta_batch_serial(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps,
+                      first_order, thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv,
+                      tmp, scratch, loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
+    """``meta_batch_kernel`` on the calling thread alone (small meta-batches, where a
+    fork/join costs more than it gives; meta_batch.py): the same slots, the same sums."""
+    for s in range(thetas.shape[0]):
+        _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
+              thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, loss_acc,
+              d_theta_acc, d_precond_acc)
+    return _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond)
 
 
 # ----------------------------------------------------------- predictions
