@@ -122,3 +122,20 @@ def test_cli_train_on_glyphs_end_to_end(capsys, tmp_path):
     for name in ("training_curve.png", "episode_1shot.png", "confusion_1shot.png", "eval_1shot.json"):
         assert (run_dir / name).exists()
     assert main(["train", "--resume", "--out", str(run_dir), "--no-progress", "--no-plots"]) == 0
+
+
+@pytest.mark.slow
+def test_cli_reproduce_publishes_the_section_with_its_figures_beside_the_report(capsys, tmp_path):
+    report = tmp_path / "docs" / "REPRODUCTION.md"
+    report.parent.mkdir()
+    report.write_text(SINUSOID)
+    argv = ["reproduce", "omniglot", "--source", "glyphs", "--algorithms", "maml", "--settings", "5w1s",
+            "--iterations", "2", "--eval-tasks", "6", "--val-tasks", "3", "--out", str(tmp_path / "runs"),
+            "--report", str(report)]
+    assert main(argv) == 0
+    text = report.read_text()
+    assert text.startswith(SINUSOID.rstrip("\n")) and "](reproduction/accuracy_vs_steps_5w1s.png)" in text
+    assert (report.parent / "reproduction" / "accuracy_vs_steps_5w1s.png").exists()
+    assert (tmp_path / "runs" / "REPRODUCTION.md").exists()
+    assert "add up to" in text and "finished runs are reused" in text
+    assert main(argv) == 0 and report.read_text().count("<!-- tinymeta:omniglot -->") == 1  # reused, replaced

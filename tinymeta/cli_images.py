@@ -99,11 +99,13 @@ def cmd_reproduce(args, exit_interrupted: int) -> int:
         print(f"\ninterrupted; finished runs and checkpoints are kept in {out}. "
               "Run the same command again to continue.", file=sys.stderr)
         return exit_interrupted
+    from .report import publish_section
+
     command = " ".join(["tinymeta", *args.argv])
-    text = rep.image_section(specs, results, seconds, jobs, command, figures_dir=out,
-                             report_dir=args.report.resolve().parent)
-    path = rep.write_report(args.report, text)
-    print(f"\nreport: {path} (section omniglot); runs and figures: {out}")
+    text = rep.image_section(specs, results, seconds, jobs, command, figures_dir=out, report_dir=out)
+    own = rep.write_report(Path(out) / "REPRODUCTION.md", text)  # the output folder's own copy
+    path = publish_section(args.report, rep.SECTION, own)  # figures copied beside the shared file
+    print(f"\nreport: {path} (section omniglot, figures in {path.parent / 'reproduction'}); runs: {out}")
     failed = [r["name"] for r in results if r["status"] != "finished"]
     if failed:
         print(f"{len(failed)} run(s) did not finish: {', '.join(failed)} (see the report)", file=sys.stderr)

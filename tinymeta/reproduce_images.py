@@ -219,7 +219,8 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
                   "Omniglot numbers are not comparable.**", ""]
     lines += [f"Command: `{command}`  ",
               f"tinymeta {__version__}, Python {platform.python_version()}, {os.cpu_count()} cores, {jobs} run(s) "
-              f"at a time; total wall time {seconds / 60:.1f} min.", "",
+              f"at a time; the runs' training and test times add up to {_duration(_run_seconds(results))} "
+              f"(this command: {seconds / 60:.1f} min; finished runs are reused).", "",
               "### Protocol", "",
               f"- Data: {source}; " + ("the MAML split (1200 characters with their 90/180/270-degree rotations as "
                                       "extra classes to meta-train, 100 of them held out unrotated for validation, "
@@ -299,6 +300,11 @@ def image_section(specs, results, seconds, jobs, command, figures_dir=None, repo
                      f"(step {e['test_steps']}) | {max(e['diverged'])} | {_duration(e['train_seconds'])} | "
                      f"{_duration(e['eval_seconds'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _run_seconds(results) -> float:
+    """Training plus test seconds of every evaluated run, whenever it ran."""
+    return sum(e["train_seconds"] + e["eval_seconds"] for r in results for e in r["evaluations"].values())
 
 
 def _steps_table(by, settings, steps=STEP_COLUMNS) -> list:
