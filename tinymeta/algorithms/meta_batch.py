@@ -15,7 +15,7 @@ only when it holds at least ``PARALLEL_MIN_WORK`` row-parameter products;
 smaller calls run on the calling thread alone. On the shared 2-core
 development machine, a sinusoid meta-batch (~1 ms of work) ran 3-5x *slower*
 on 2 threads than on 1: the fork/join waits for a thread that the
-scheduler has given to another process (NOTES-kernels.md). The meta-batch
+scheduler has given to another process (issue 5 notes). The meta-batch
 kernel is compiled twice for that (``meta_batch_kernel`` over the threads,
 ``meta_batch_serial`` without); the other kernels get the limit with
 ``numba.set_num_threads`` for the duration of the call, which Numba keeps

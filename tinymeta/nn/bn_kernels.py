@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
-
+from .jit import kernel
 from .kernels import (_add_bias, _add_colsum, _back_r_matmuls, _delta_below, _layer_offsets, _n_rows, _r_delta_below,
                       _tangent_through_activation, _view, act_f, matmul, matmul_nt, matmul_tn)
 
 
 # ------------------------------------------------- the normalisation itself
-@njit(cache=True)
+@kernel
 def bn_normalize(A, eps, X_hat, sigma):
     """``X_hat = (A - mean) / sigma`` per column (batchnorm.normalize); ``X_hat`` may be ``A``."""
     n, d = A.shape
@@ -45,7 +44,7 @@ def bn_normalize(A, eps, X_hat, sigma):
             X_hat[i, j] = (A[i, j] - mu) / s
 
 
-@njit(cache=True)
+@kernel
 def bn_apply(X_hat, sigma, G, out):
     """``out = J G`` (batchnorm.normalize_apply); ``out`` may be ``G``."""
     n, d = G.shape
@@ -61,7 +60,7 @@ def bn_apply(X_hat, sigma, G, out):
             out[i, j] = (G[i, j] - m_g - X_hat[i, j] * m_xg) / sigma[j]
 
 
-@njit(cache=True)
+@kernel
 def bn_r_backward(X_hat, sigma, A_dot, G, G_dot, dA, dA_dot):
     """``dA = J G`` and ``dA_dot = R{J G}`` along ``A_dot`` (batchnorm.normalize_r_backward).
 
@@ -99,7 +98,7 @@ def bn_r_backward(X_hat, sigma, A_dot, G, G_dot, dA, dA_dot):
 
 
 # ---------------------------------------------------------------- passes
-@njit(cache=True)
+@kernel
 def forward_bn_kernel(theta, X, sizes, act, eps, H, Z, Xh, S):
     """Forward pass into ``H``, ``Z``, ``Xh``, ``S`` (reference.forward_pass, batchnorm=True)."""
     n = X.shape[0]
@@ -128,7 +127,7 @@ def forward_bn_kernel(theta, X, sizes, act, eps, H, Z, Xh, S):
         s += d_out
 
 
-@njit(cache=True)
+@kernel
 def backward_bn_kernel(theta, sizes, act, H, Z, Xh, S, dout, grad, D, dX):
     """Backpropagate ``dout`` into ``grad`` (reference.backward_pass, batchnorm=True).
 
@@ -155,7 +154,7 @@ def backward_bn_kernel(theta, sizes, act, H, Z, Xh, S, dout, grad, D, dX):
             matmul_nt(delta, W, dX, False)
 
 
-@njit(cache=True)
+@kernel
 def r_forward_bn_kernel(theta, v, sizes, act, H, Z, Xh, S, Hd, Zd, Ad, x_dot):
     """Tangent pass in direction ``v`` into ``Hd``, ``Zd``, ``Ad`` (reference.r_forward_pass, batchnorm=True).
 
@@ -185,7 +184,7 @@ def r_forward_bn_kernel(theta, v, sizes, act, H, Z, Xh, S, Hd, Zd, Ad, x_dot):
         s += d_out
 
 
-@njit(cache=True)
+@kernel
 def r_backward_bn_kernel(theta, v, sizes, act, H, Z, Xh, S, Hd, Zd, Ad, dout, dout_dot, grad, hv, D, Dd,
                          x_dot, dX, dX_dot):
     """R-backward pass into ``grad`` and ``hv = H v`` (reference.r_backward_pass, batchnorm=True).

@@ -18,13 +18,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
-
 from .activations import RELU, SIGMOID, SOFTPLUS, TANH
+from .jit import kernel
 
 
 # ------------------------------------------------------------ activations
-@njit(cache=True)
+@kernel
 def act_f(code, z):
     """Scalar activation value (activations.py: relu, tanh, sigmoid, softplus)."""
     if code == RELU:
@@ -36,7 +35,7 @@ def act_f(code, z):
     return max(z, 0.0) + math.log1p(math.exp(-abs(z)))  # SOFTPLUS
 
 
-@njit(cache=True)
+@kernel
 def act_d1(code, z):
     """Scalar first derivative (activations.py: *_d1)."""
     if code == RELU:
@@ -50,7 +49,7 @@ def act_d1(code, z):
     return s  # SOFTPLUS
 
 
-@njit(cache=True)
+@kernel
 def act_d2(code, z):
     """Scalar second derivative (activations.py: *_d2)."""
     if code == RELU:
@@ -65,13 +64,13 @@ def act_d2(code, z):
 
 
 # ------------------------------------------------------- matrix products
-@njit(cache=True)
+@kernel
 def _view(buf, offset, rows, cols):
     """Contiguous ``(rows, cols)`` view of ``buf[offset : offset + rows*cols]``."""
     return buf[offset:offset + rows * cols].reshape((rows, cols))
 
 
-@njit(cache=True)
+@kernel
 def _matmul_rows(A, B, C, start):
     """``C[i] += A[i] @ B`` for the rows ``i >= start``, summing over ``r`` in order;
     A (m, k), B (k, p), C (m, p). Also the tail of meta_passes._mm."""
@@ -82,7 +81,7 @@ def _matmul_rows(A, B, C, start):
                 C[i, j] += a * B[r, j]
 
 
-@njit(cache=True)
+@kernel
 def matmul(A, B, C, accumulate):
     """``C = A @ B`` (``C += A @ B`` if accumulate); A (m, k), B (k, p), C (m, p)."""
     if not accumulate:
@@ -90,7 +89,7 @@ def matmul(A, B, C, accumulate):
     _matmul_rows(A, B, C, 0)
 
 
-@njit(cache=True)
+@kernel
 def matmul_tn(A, B, C, accumulate):
     """``C = A.T @ B`` (or ``+=``); A (k, m), B (k, p), C (m, p)."""
     k, m = A.shape
@@ -104,7 +103,7 @@ def matmul_tn(A, B, C, accumulate):
                 C[i, j] += a * B[r, j]
 
 
-@njit(cache=True)
+@kernel
 def matmul_nt(A, B, C, accumulate):
     """``C = A @ B.T`` (or ``+=``); A (m, k), B (p, k), C (m, p)."""
     m, k = A.shape
@@ -117,7 +116,7 @@ def matmul_nt(A, B, C, accumulate):
             C[i, j] = s
 
 
-@njit(cache=True)
+@kernel
 def _add_colsum(delta, out):
     """``out = sum over rows of delta``; delta (n, d), out (d,)."""
     out[:] = 0.0
@@ -129,7 +128,7 @@ def _add_colsum(delta, out):
 # ------------------------------------------------------- per-layer steps
 # Shared by the passes here, in bn_kernels.py and in meta_passes.py: each is
 # one loop of reference.py, with the reference's order of operations.
-@njit(cache=True)
+@kernel
 def _add_bias(Zl, b):
     """``Zl += b`` on every row; Zl (n, d), b (d,)."""
     for i in range(Zl.shape[0]):
@@ -137,7 +136,7 @@ def _add_bias(Zl, b):
             Zl[i, j] += b[j]
 
 
-@njit(cache=True)
+@kernel
 def _activate(Hn, Zl, act):
     """``Hn = act(Zl)``; Hn, Zl (n, d)."""
     for i in range(Zl.shape[0]):
@@ -145,7 +144,7 @@ def _activate(Hn, Zl, act):
             Hn[i, j] = act_f(act, Zl[i, j])
 
 
-@njit(cache=True)
+@kernel
 def _tangent_through_activation(Hdn, Zl, Zdl, act):
     """``Hdn = act'(Zl) * Zdl``, the tangent ``R{act(Z)}``; Hdn, Zl, Zdl (n, d)."""
     for i in range(Zl.shape[0]):
@@ -153,7 +152,7 @@ def _tangent_through_activation(Hdn, Zl, Zdl, act):
             Hdn[i, j] = act_d1(act, Zl[i, j]) * Zdl[i, j]
 
 
-@njit(cache=True)
+@kernel
 def _back_through_d1(back, Zp, act):
     """``back *= act'(Zp)``: ``dL/dH`` of a layer's input into ``dL/dZ`` of the layer below; (n, d)."""
     for i in range(Zp.shape[0]):
@@ -161,7 +160,7 @@ def _back_through_d1(back, Zp, act):
             back[i, j] *= act_d1(act, Zp[i, j])
 
 
-@njit(cache=True)
+@kernel
 def _back_through_activation(back, back_dot, Zp, Zdp, act):
     """``back_dot = back_dot * act'(Zp) + back * act''(Zp) * Zdp``, then ``back *= act'(Zp)``.
 
@@ -175,7 +174,7 @@ def _back_through_activation(back, back_dot, Zp, Zdp, act):
             back[i, j] *= a1
 
 
-@njit(cache=True)
+@kernel
 def _back_r_matmuls(back, back_dot, delta, delta_dot, W, V):
     """``back = delta @ W.T`` and ``back_dot = delta_dot @ W.T + delta @ V.T`` (in that order)."""
     matmul_nt(delta, W, back, False)
@@ -183,7 +182,7 @@ def _back_r_matmuls(back, back_dot, delta, delta_dot, W, V):
     matmul_nt(delta, V, back_dot, True)
 
 
-@njit(cache=True)
+@kernel
 def _delta_below(D, d_off, Z, z_off, delta, W, act):
     """``dL/dZ`` of the layer below, ``(delta @ W.T) * act'(Z[l-1])``, into ``D`` from ``d_off`` on.
 
@@ -196,7 +195,7 @@ def _delta_below(D, d_off, Z, z_off, delta, W, act):
     _back_through_d1(back, _view(Z, z_off, n, d_in), act)
 
 
-@njit(cache=True)
+@kernel
 def _r_delta_below(D, Dd, d_off, Z, Zd, z_off, delta, delta_dot, W, V, act):
     """``_delta_below`` and its tangent along ``v`` (weights' tangent V), into ``D``, ``Dd`` from ``d_off`` on.
 
@@ -210,13 +209,13 @@ def _r_delta_below(D, Dd, d_off, Z, Zd, z_off, delta, delta_dot, W, V, act):
 
 
 # ---------------------------------------------------------------- passes
-@njit(cache=True)
+@kernel
 def _n_rows(H, sizes):
     """Number of samples held by an ``H`` workspace."""
     return H.shape[0] // sizes[:-1].sum()
 
 
-@njit(cache=True)
+@kernel
 def _layer_offsets(sizes, n, l):
     """Where layer ``l``'s blocks start: ``(p, h, z, s)`` in ``theta``, ``H``, ``Z`` (``n`` rows) and ``S``."""
     p = h = z = s = 0
@@ -228,7 +227,7 @@ def _layer_offsets(sizes, n, l):
     return p, h, z, s
 
 
-@njit(cache=True)
+@kernel
 def forward_kernel(theta, X, sizes, act, H, Z):
     """Forward pass into the workspaces ``H``, ``Z`` (reference.forward_pass)."""
     n = X.shape[0]
@@ -249,7 +248,7 @@ def forward_kernel(theta, X, sizes, act, H, Z):
         z += n * d_out
 
 
-@njit(cache=True)
+@kernel
 def backward_kernel(theta, sizes, act, H, Z, dout, grad, D, dX):
     """Backpropagate ``dout`` into ``grad`` (reference.backward_pass).
 
@@ -273,7 +272,7 @@ def backward_kernel(theta, sizes, act, H, Z, dout, grad, D, dX):
         cur = 1 - cur
 
 
-@njit(cache=True)
+@kernel
 def r_forward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, x_dot):
     """Tangent pass in direction ``v`` into ``Hd``, ``Zd`` (reference.r_forward_pass).
 
@@ -300,7 +299,7 @@ def r_forward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, x_dot):
         z += n * d_out
 
 
-@njit(cache=True)
+@kernel
 def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, hv, D, Dd, x_dot, dX, dX_dot):
     """R-backward pass into ``grad`` and ``hv = H v`` (reference.r_backward_pass).
 
@@ -335,7 +334,7 @@ def r_backward_kernel(theta, v, sizes, act, H, Z, Hd, Zd, dout, dout_dot, grad, 
 
 
 # ---------------------------------------------------------------- losses
-@njit(cache=True)
+@kernel
 def mse_kernel(out, Y, dout):
     """Mean squared error; writes ``dout = 2 (out - Y) / n`` (losses.mse_value_and_grad)."""
     n, m = out.shape
@@ -348,7 +347,7 @@ def mse_kernel(out, Y, dout):
     return total / n
 
 
-@njit(cache=True)
+@kernel
 def mse_r_kernel(out_dot, dout_dot):
     """``dout_dot = 2 out_dot / n`` (losses.mse_hvp)."""
     n, m = out_dot.shape
@@ -357,7 +356,7 @@ def mse_r_kernel(out_dot, dout_dot):
             dout_dot[i, j] = 2.0 * out_dot[i, j] / n
 
 
-@njit(cache=True)
+@kernel
 def xent_kernel(out, labels, dout, P):
     """Mean softmax cross-entropy; writes ``P = softmax(out)`` and
     ``dout = (P - onehot) / n`` (losses.xent_value_and_grad)."""
@@ -379,7 +378,7 @@ def xent_kernel(out, labels, dout, P):
     return total / n
 
 
-@njit(cache=True)
+@kernel
 def xent_r_kernel(P, out_dot, dout_dot):
     """``dout_dot_i = (p_i * out_dot_i - p_i (p_i . out_dot_i)) / n`` (losses.xent_hvp)."""
     n, C = P.shape

@@ -28,15 +28,16 @@ passes one more axis for the step. Nothing inside a kernel allocates.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .jit import kernel
 from .kernels import _view
 from .losses import MSE
 from .meta_passes import _backward, _forward, _hvp, _loss_into
 
 
 # ------------------------------------------------------------ meta-batch
-@njit(cache=True)
+@kernel
 def _task(theta, precond, X, Yf, Yi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
           thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch,
           d_theta, d_precond):
@@ -68,7 +69,7 @@ def _task(theta, precond, X, Yf, Yi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss,
     return value
 
 
-@njit(cache=True)
+@kernel
 def _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
           thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, loss_acc,
           d_theta_acc, d_precond_acc):
@@ -85,7 +86,7 @@ def _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act,
                              hv[s], tmp[s], scratch[s], d_theta_acc[s], d_precond_acc[s])
 
 
-@njit(cache=True)
+@kernel
 def _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
     """The slots' sums added in slot order: the loss (returned), ``d_theta``, ``d_precond``."""
     total = 0.0
@@ -99,7 +100,7 @@ def _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
     return total
 
 
-@njit(cache=True, parallel=True)
+@kernel(parallel=True)
 def meta_batch_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps,
                       first_order, thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv,
                       tmp, scratch, loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
@@ -114,7 +115,7 @@ def meta_batch_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, z
     return _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond)
 
 
-@njit(cache=True)
+@kernel
 def meta_batch_serial(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps,
                       first_order, thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv,
                       tmp, scratch, loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
@@ -128,7 +129,7 @@ def meta_batch_serial(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, z
 
 
 # ----------------------------------------------------------- predictions
-@njit(cache=True)
+@kernel
 def _finite_vector(a):
     """Whether every entry of the 1-D ``a`` is finite."""
     for j in range(a.shape[0]):
@@ -137,7 +138,7 @@ def _finite_vector(a):
     return True
 
 
-@njit(cache=True)
+@kernel
 def _finite_matrix(a):
     """Whether every entry of the 2-D ``a`` is finite."""
     for i in range(a.shape[0]):
@@ -146,7 +147,7 @@ def _finite_matrix(a):
     return True
 
 
-@njit(cache=True, parallel=True)
+@kernel(parallel=True)
 def predictions_kernel(theta, precond, Xs, Ysf, Ysi, Xq, sizes, poff, zoff, act, loss, th, grad,
                        Z, H, D, Pr, Zq, Hq, scratch, out):
     """Query outputs of every task after ``0..steps`` steps into ``out``
@@ -179,7 +180,7 @@ def predictions_kernel(theta, precond, Xs, Ysf, Ysi, Xq, sizes, poff, zoff, act,
 
 
 # -------------------------------------------------------------- adaptation
-@njit(cache=True, parallel=True)
+@kernel(parallel=True)
 def adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, batch_size,
                  grad, Z, H, D, Pr, Xb, Ybf, Ybi, Zq, Hq, Dq, Pq, scratch, adapted, diverged_at, query_loss):
     """``steps`` steps ``theta - precond * grad L(rows)`` on every task's support set into

@@ -1,0 +1,105 @@
+"""tinymeta.nn.jit: the SLP vectorizer is on only while tinymeta's kernels compile, and changes no bits.
+
+The second test compiles the meta-batch kernel again in a fresh process
+with ``TINYMETA_SLP=0`` and an empty Numba cache, and compares its
+meta-gradients with this process's bit for bit (float32 and float64; the
+sinusoid net, and a 5-way classifier whose widths leave rows and columns
+over from the 4 x 8 tiles).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from numba.core import config
+
+import tinymeta as tm
+from tinymeta.algorithms import maml
+from tinymeta.nn import jit
+
+SCRIPT = r"""
+import sys
+import numpy as np
+from tinymeta.algorithms import maml
+from tinymeta.nn import jit
+from tests.test_jit import CASES, make
+assert not jit.ENABLED
+out = {}
+for name, case in CASES.items():
+    net, theta, batch = make(*case)
+    loss, grad = maml.meta_loss_and_grad(net, theta, batch, inner_lr=0.1, inner_steps=2)
+    out[name] = np.concatenate([[loss], grad.astype(np.float64)])
+np.savez(sys.argv[1], **out)
+"""
+CASES = {"sinusoid64": ([1, 40, 40, 1], "mse", "float64"), "sinusoid32": ([1, 40, 40, 1], "mse", "float32"),
+         "classes64": ([13, 24, 9, 5], "xent", "float64")}
+
+
+def make(sizes, loss, dtype):
+    """A net, parameters and a meta-batch of 3 tasks (6 support, 7 query rows), all from seed 0."""
+    rng = np.random.default_rng(0)
+    net = tm.MLP(sizes, activation="relu", loss=loss, dtype=dtype)
+    theta = net.init(rng)
+    X = rng.standard_normal((3, 13, sizes[0])).astype(dtype)
+    if loss == "mse":
+        y = rng.standard_normal((3, 13, sizes[-1])).astype(dtype)
+    else:
+        y = rng.integers(0, sizes[-1], size=(3, 13))
+    return net, theta, tm.TaskBatch(X[:, :6], y[:, :6], X[:, 6:], y[:, 6:])
+
+
+@jit.kernel
+def _double(a):
+    return 2.0 * a
+
+
+def test_setting_restored_after_compiling():
+    before = config.SLP_VECTORIZE
+    assert _double(np.float64(1.5)) == 3.0
+    assert _double(np.ones(2))[0] == 2.0  # a second signature: a second compilation
+    assert config.SLP_VECTORIZE == before
+
+
+def test_nested_and_threaded_blocks_restore_the_setting():
+    before = config.SLP_VECTORIZE
+    inside, release = threading.Event(), threading.Event()
+    seen = []
+
+    def worker():
+        with jit.slp_vectorizer():
+            seen.append(config.SLP_VECTORIZE)
+            inside.set()
+            release.wait(10)
+            seen.append(config.SLP_VECTORIZE)
+
+    thread = threading.Thread(target=worker)
+    with jit.slp_vectorizer():
+        thread.start()
+        assert inside.wait(10)
+        with jit.slp_vectorizer():
+            assert config.SLP_VECTORIZE == 1
+    assert config.SLP_VECTORIZE == 1  # the other thread is still inside its block
+    release.set()
+    thread.join(10)
+    assert seen == [1, 1]
+    assert config.SLP_VECTORIZE == before
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="compiles the kernels")
+def test_same_bits_without_slp(tmp_path):
+    assert jit.ENABLED, "run the suite without TINYMETA_SLP=0"
+    env = {**os.environ, "TINYMETA_SLP": "0", "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "out.npz")], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as without:
+        for name, case in CASES.items():
+            net, theta, batch = make(*case)
+            loss_value, grad = maml.meta_loss_and_grad(net, theta, batch, inner_lr=0.1, inner_steps=2)
+            here = np.concatenate([[loss_value], grad.astype(np.float64)])
+            assert np.array_equal(here, without[name]), name
