@@ -20,6 +20,7 @@ from numba.core import config
 import tinymeta as tm
 from tinymeta.algorithms import maml
 from tinymeta.nn import jit
+from tinymeta.nn.jit import view
 
 SCRIPT = r"""
 import sys
@@ -103,3 +104,34 @@ def test_same_bits_without_slp(tmp_path):
             loss_value, grad = maml.meta_loss_and_grad(net, theta, batch, inner_lr=0.1, inner_steps=2)
             here = np.concatenate([[loss_value], grad.astype(np.float64)])
             assert np.array_equal(here, without[name]), name
+
+
+@jit.kernel
+def _view_shape(buf, offset, rows, cols):
+    return view(buf, offset, rows, cols).shape
+
+
+@jit.kernel
+def _view_add(buf, offset, rows, cols, value):
+    v = view(buf, offset, rows, cols)
+    v[:, :] += value  # a view: writes reach buf
+    return v.sum()
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_view_is_the_reshaped_slice(dtype):
+    buf = np.arange(40, dtype=dtype)
+    expected = buf.copy()
+    expected[7:19] += 0.5
+    assert _view_add(buf, 7, 3, 4, 0.5) == expected[7:19].sum()
+    assert np.array_equal(buf, expected)
+    assert _view_shape(buf, 40, 0, 4) == (0, 4)
+    assert _view_shape(buf, 0, 5, 8) == (5, 8)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("offset, rows, cols", [(30, 3, 4), (-1, 2, 2), (0, 41, 1)])
+def test_view_out_of_the_buffer_is_refused(offset, rows, cols):
+    with pytest.raises((IndexError, ValueError)):
+        _view_shape(np.zeros(40), offset, rows, cols)

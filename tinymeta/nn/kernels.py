@@ -20,6 +20,7 @@ import math
 import numpy as np
 from .activations import RELU, SIGMOID, SOFTPLUS, TANH
 from .jit import kernel
+from .jit import view as _view  # buf[offset:offset + rows*cols].reshape((rows, cols))
 
 
 # ------------------------------------------------------------ activations
@@ -64,12 +65,6 @@ def act_d2(code, z):
 
 
 # ------------------------------------------------------- matrix products
-@kernel
-def _view(buf, offset, rows, cols):
-    """Contiguous ``(rows, cols)`` view of ``buf[offset : offset + rows*cols]``."""
-    return buf[offset:offset + rows * cols].reshape((rows, cols))
-
-
 @kernel
 def _matmul_rows(A, B, C, start):
     """``C[i] += A[i] @ B`` for the rows ``i >= start``, summing over ``r`` in order;
