@@ -114,3 +114,24 @@ def test_large_calls_go_to_blas_and_agree_with_the_kernels(batchnorm, rng, monke
         assert rel_error(blas[key], kernels[key]) <= TOL["float64"], key
     assert (numba_backend._blas(net, np.empty((10**6, 0))) and
             not numba_backend._blas(net, np.empty((1, 0))))  # the real threshold sits in between (only the rows count)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_forward_and_vjp_is_forward_then_vjp_bit_for_bit(backend, batchnorm, rng, monkeypatch):
+    """The pullback reuses the forward pass and gives what ``vjp`` gives, on the kernels and on BLAS."""
+    from tinymeta.nn import numba_backend
+
+    net = tm.MLP((6, 9, 7, 3), activation="tanh", loss="xent", backend=backend, batchnorm=batchnorm)
+    theta, X, _ = random_problem(net, rng, n=11)
+    dout = rng.standard_normal((11, 3))
+    for threshold in (11 * net.n_params + 1, 11 * net.n_params):  # kernels, then BLAS (Numba backend)
+        monkeypatch.setattr(numba_backend, "BLAS_MIN_WORK", threshold)
+        out, pullback = net.forward_and_vjp(theta, X)
+        assert np.array_equal(out, net.forward(theta, X))
+        assert np.array_equal(pullback(dout), net.vjp(theta, X, dout))
+        got, want = pullback(dout, input_grad=True), net.vjp(theta, X, dout, input_grad=True)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want))
+        assert np.array_equal(pullback(2 * dout), net.vjp(theta, X, 2 * dout))  # called again: same pass
+        with pytest.raises(ValueError, match=r"dout must have shape \(11, 3\), got \(11, 2\)"):
+            pullback(dout[:, :2])

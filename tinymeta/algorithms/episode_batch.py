@@ -1,4 +1,4 @@
-r"""A batch of metric-learning episodes through the embedding net in two compiled calls.
+r"""A batch of metric-learning episodes through the embedding net in one forward and one backward pass.
 
 ``embedding.batch_mean`` runs one forward pass and one ``net.vjp`` per
 episode. Since the pull-back is linear in the cotangent and sums over rows,
@@ -11,8 +11,10 @@ rows stacked:
 
 where :math:`J_\theta` is the Jacobian of ``f`` over all stacked rows. So
 ``batch_mean_on_embeddings`` embeds every support and query row of the
-batch in one ``net.forward``, computes each episode's loss and embedding
-gradient in NumPy, and pulls them back in one ``net.vjp``. It computes what
+batch in one forward pass, computes each episode's loss and embedding
+gradient in NumPy, and pulls them back in one backward pass
+(``net.forward_and_vjp``: the pull-back reuses the forward pass instead of
+running it again, as ``net.vjp`` would). It computes what
 ``embedding.batch_mean`` computes (tests pin the two together).
 """
 from __future__ import annotations
@@ -47,7 +49,7 @@ def batch_mean_on_embeddings(net, theta, batch, embedding_loss_and_grad):
                              f"{episodes[0][4]}-way, episode {i} is {episode[4]}-way "
                              f"(y_support labels 0..{episode[4] - 1})")
     X = np.concatenate([a for Xs, _, Xq, _, _ in episodes for a in (Xs, Xq)])
-    E = net.forward(theta, X)
+    E, pullback = net.forward_and_vjp(theta, X)
     dE = np.empty_like(E)
     total, start = 0.0, 0
     for Xs, ys, Xq, yq, n_way in episodes:
@@ -56,4 +58,4 @@ def batch_mean_on_embeddings(net, theta, batch, embedding_loss_and_grad):
         total += loss
         start = end
     T = batch.n_tasks
-    return total / T, net.vjp(theta, X, dE) / T
+    return total / T, pullback(dE) / T

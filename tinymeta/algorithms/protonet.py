@@ -148,7 +148,7 @@ def init_params(net, rng, config):
 
 def batch_loss_and_grad(net, theta, batch):
     """Mean episode loss over ``batch`` and its gradient wrt ``theta``: every episode's
-    rows in one forward pass and one ``net.vjp`` (``episode_batch.py``).
+    rows in one forward pass and one backward pass (``episode_batch.py``).
 
     Parameters
     ----------

@@ -251,6 +251,29 @@ class MLP:
         dout = val.as_float_array(dout, "dout", self.dtype, (X.shape[0], self.sizes[-1]))
         return self._impl.vjp(self, theta, X, dout, bool(input_grad))
 
+    def forward_and_vjp(self, theta, X):
+        r"""The output and its pullback, from one forward pass (the shape of ``jax.vjp``).
+
+        For a loss computed on the output outside the engine (ProtoNet's
+        distances to prototypes): ``out, pullback = net.forward_and_vjp(theta, X)``,
+        then ``pullback(dout)`` is ``net.vjp(theta, X, dout)``, bit for bit,
+        without running the forward pass a second time. ``theta`` and ``X``
+        must not change in between (the pullback reads the kept pass).
+
+        Returns
+        -------
+        out : (n, sizes[-1]) array
+        pullback : ``pullback(dout, input_grad=False)`` -> (n_params,) array,
+            or ``(dtheta, dX)`` if ``input_grad``; ``dout`` is (n, sizes[-1]).
+        """
+        theta, X = self._theta(theta), self._X(X)
+        out, pullback = self._impl.forward_and_vjp(self, theta, X)
+
+        def checked_pullback(dout, input_grad=False):
+            dout = val.as_float_array(dout, "dout", self.dtype, (X.shape[0], self.sizes[-1]))
+            return pullback(dout, bool(input_grad))
+        return out, checked_pullback
+
     def jvp(self, theta, X, v, X_dot=None):
         r"""Jacobian-vector product :math:`J v` (the R-forward pass), shape ``(n, sizes[-1])``.
 

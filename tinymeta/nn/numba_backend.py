@@ -133,6 +133,19 @@ def vjp(net, theta, X, dout, input_grad=False):
     return (grad, dX) if input_grad else grad
 
 
+def forward_and_vjp(net, theta, X):
+    if _blas(net, X):
+        return reference.forward_and_vjp(net, theta, X)
+    ws = _forward(net, theta, X)
+
+    def pullback(dout, input_grad=False):  # reads ws.H, ws.Z; ws.D is scratch: may be called again
+        grad = np.empty_like(theta)
+        dX = np.empty_like(X) if input_grad else _no_dx(theta)
+        _backward(net, theta, ws, dout, grad, dX)
+        return (grad, dX) if input_grad else grad
+    return ws.out(net).copy(), pullback
+
+
 def _tangent_forward(net, theta, X, v, X_dot):
     ws = _forward(net, theta, X, tangents=True)
     if X_dot is not None:

@@ -195,6 +195,13 @@ def vjp(net, theta, X, dout, input_grad=False):
     return backward_pass(net, theta, cache, dout, input_grad)
 
 
+def forward_and_vjp(net, theta, X):
+    """``(f(X; theta), pullback)``: one forward pass, kept; ``pullback(dout, input_grad=False)``
+    is ``vjp(net, theta, X, dout, input_grad)`` from the kept pass, with no second forward pass."""
+    out, cache = forward_pass(net, theta, X)
+    return out, lambda dout, input_grad=False: backward_pass(net, theta, cache, dout, input_grad)
+
+
 def jvp(net, theta, X, v, X_dot=None):
     """``J v`` (plus ``J_X X_dot``): the change of the output (n, d_out) along ``v``."""
     _, cache = forward_pass(net, theta, X)
