@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +136,26 @@ def test_view_is_the_reshaped_slice(dtype):
 def test_view_out_of_the_buffer_is_refused(offset, rows, cols):
     with pytest.raises((IndexError, ValueError)):
         _view_shape(np.zeros(40), offset, rows, cols)
+
+
+def test_stale_cached_kernels_are_dropped(tmp_path):
+    modules = {"meta_kernels", "kernels"}
+    ours = ["meta_kernels._slot-72.py311.nbi", "meta_kernels._slot-72.py311.1.nbc", "kernels.matmul-80.py311.nbi"]
+    kept = ["other._f-1.py311.nbi", "meta_kernels.cpython-311.pyc"]
+    for name in ours + kept:
+        (tmp_path / name).write_bytes(b"x")
+    assert jit.clear_stale_cache(tmp_path, "a" * 64, modules)  # no stamp yet: compiled from unknown sources
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + [jit.STAMP])
+    (tmp_path / ours[0]).write_bytes(b"x")  # compiled again from these sources
+    assert not jit.clear_stale_cache(tmp_path, "a" * 64, modules)
+    assert (tmp_path / ours[0]).exists()
+    assert jit.clear_stale_cache(tmp_path, "b" * 64, modules)  # a source file changed
+    assert not (tmp_path / ours[0]).exists() and (tmp_path / jit.STAMP).read_text() == "b" * 64
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="no compiled kernels")
+def test_the_kernel_cache_is_stamped_with_these_sources():
+    assert len(jit._guarded) == 1  # every kernel of tinymeta.nn caches in one folder
+    folder = next(iter(jit._guarded))
+    assert (Path(folder) / jit.STAMP).read_text() == jit.sources_digest()
+    assert jit.sources_digest() != jit.sources_digest(Path(folder).parent.parent)  # another folder, other sources

@@ -15,6 +15,14 @@ tests pin every kernel to the NumPy reference. SLP packs operations
 without reordering any sum, so the results are the same bits with it or
 without it; only the speed differs.
 
+Numba's cache keeps a compiled kernel until *its own* source file changes;
+a change to a function it calls in another file (``meta_passes._mm``
+called by ``meta_kernels``) would go unnoticed, and the old code would
+run. ``kernel`` therefore drops every cached kernel of ``tinymeta.nn``
+when any of the package's source files differ from the ones they were
+compiled from (``clear_stale_cache``; a stamp file beside them holds the
+sources' SHA-256).
+
 ``TINYMETA_SLP=0`` in the environment compiles the kernels without it (for
 a suspected miscompilation; clear Numba's cache, ``__pycache__``, first,
 or the cached code is loaded as it was compiled). A kernel compiled with
@@ -23,9 +31,12 @@ the same bits.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 from numba import njit, types
 from numba.core import cgutils, config
@@ -34,6 +45,8 @@ from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
 ENABLED = os.environ.get("TINYMETA_SLP", "1") != "0"
+PACKAGE = Path(__file__).resolve().parent  # tinymeta/nn: every kernel lives here
+STAMP = "tinymeta-nn-sources.sha256"  # beside the cached kernels
 _lock = threading.Lock()
 _depth = 0  # kernels being compiled now, over all threads
 _saved = None  # the process's setting, restored when the last one is done
@@ -57,6 +70,49 @@ def slp_vectorizer():
                 config.SLP_VECTORIZE = _saved
 
 
+def sources_digest(package=PACKAGE) -> str:
+    """SHA-256 over the names and bytes of the package's ``.py`` files, in name order."""
+    h = hashlib.sha256()
+    for path in sorted(Path(package).glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def clear_stale_cache(cache_dir, digest, modules) -> bool:
+    """Delete the cached kernels of ``modules`` (file stems) in ``cache_dir`` unless its stamp says
+    ``digest``; then write the stamp. Returns whether anything was dropped."""
+    cache_dir = Path(cache_dir)
+    stamp = cache_dir / STAMP
+    try:
+        if stamp.read_text() == digest:
+            return False
+    except OSError:  # no stamp yet: a cache from before this guard, or none
+        pass
+    for path in [*cache_dir.glob("*.nbi"), *cache_dir.glob("*.nbc")]:
+        if path.name.split(".", 1)[0] in modules:
+            path.unlink(missing_ok=True)
+    from ..checkpoint import atomic_write
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(stamp, digest.encode())
+    return True
+
+
+_guarded = set()  # cache folders checked by this process
+
+
+def _guard(dispatcher, fn):
+    """``clear_stale_cache`` once per process for the cache folder of a ``tinymeta.nn`` kernel."""
+    cache_dir = getattr(getattr(dispatcher, "_cache", None), "_cache_path", None)
+    if cache_dir is None or cache_dir in _guarded or Path(inspect.getfile(fn)).resolve().parent != PACKAGE:
+        return
+    _guarded.add(cache_dir)
+    try:
+        clear_stale_cache(cache_dir, sources_digest(), {p.stem for p in PACKAGE.glob("*.py")})
+    except OSError:  # a folder this process may not write: Numba will not cache there either
+        pass
+
+
 def kernel(fn=None, *, parallel=False):
     """``numba.njit(cache=True, parallel=parallel)`` whose compilations run inside ``slp_vectorizer``.
 
@@ -67,7 +123,10 @@ def kernel(fn=None, *, parallel=False):
         return lambda f: kernel(f, parallel=parallel)
     dispatcher = njit(cache=True, parallel=parallel)(fn)
     compile_ = getattr(dispatcher, "compile", None)
-    if compile_ is None or not ENABLED:  # NUMBA_DISABLE_JIT: njit returned fn itself
+    if compile_ is None:  # NUMBA_DISABLE_JIT: njit returned fn itself
+        return dispatcher
+    _guard(dispatcher, fn)
+    if not ENABLED:
         return dispatcher
 
     def compile_with_slp(sig):
