@@ -11,12 +11,15 @@ Results do not depend on the thread count: tasks are spread over
 order, and the slots are summed in order here.
 
 Threads: a call runs its slots on Numba's threads (``numba.get_num_threads()``)
-only when it holds at least ``PARALLEL_MIN_WORK`` row-parameter products;
-smaller calls run on the calling thread alone. On the shared 2-core
-development machine, a sinusoid meta-batch (~1 ms of work) ran 3-5x *slower*
-on 2 threads than on 1: the fork/join waits for a thread that the
-scheduler has given to another process (issue 5 notes). The meta-batch
-kernel is compiled twice for that (``meta_batch_kernel`` over the threads,
+only when there are two or more and it holds at least ``PARALLEL_MIN_WORK``
+row-parameter products; smaller calls run on the calling thread alone,
+where a fork/join would cost more than it gives. On the shared 2-core
+development machine, a sinusoid MAML meta-batch of 25 tasks (~9e5 products,
+0.4-0.8 ms) runs 1.4-1.9x faster on 2 threads than on 1 (median; issue 5
+notes). (Before the tiled kernels, at ~1 ms, it ran 3-5x *slower* on 2
+threads on that machine: the fork/join waited for a thread that the
+scheduler had given to another process.) The meta-batch kernel is compiled
+twice for that (``meta_batch_kernel`` over the threads,
 ``meta_batch_serial`` without); the other kernels get the limit with
 ``numba.set_num_threads`` for the duration of the call, which Numba keeps
 per calling thread; nothing process-wide changes.
@@ -41,14 +44,19 @@ from ..nn.meta_kernels import adapt_kernel, meta_batch_kernel, meta_batch_serial
 from ..nn.mlp import MLP
 
 TASK_SLOTS = 8  # parallel task slots; fixed so that sums do not depend on the number of threads
-PARALLEL_MIN_WORK = 10_000_000  # rows x parameters per call before threads pay (sinusoid MAML: ~1e6; Omniglot: ~1e9)
+PARALLEL_MIN_WORK = 200_000  # rows x parameters per call before threads pay (sinusoid MAML: ~9e5; Omniglot: ~1e9)
+
+
+def _parallel(work):
+    """Whether a call of ``work`` row-parameter products runs on Numba's threads (module docstring)."""
+    return work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
 
 
 @contextmanager
 def _threads_for(work):
     """Numba threads for a call of ``work`` row-parameter products (see the module docstring)."""
     before = numba.get_num_threads()
-    use = before if work >= PARALLEL_MIN_WORK else 1
+    use = before if _parallel(work) else 1
     if use != before:
         numba.set_num_threads(use)
     try:
@@ -123,8 +131,7 @@ def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False):
     K = int(steps)
     plan = _meta_plan(net, T, n, nq, K, threading.get_ident())
     d_theta, d_precond = np.empty_like(theta), np.empty_like(theta)
-    parallel = T * (max(K, 1) * n + nq) * theta.shape[0] >= PARALLEL_MIN_WORK
-    kernel = meta_batch_kernel if parallel else meta_batch_serial
+    kernel = meta_batch_kernel if _parallel(T * (max(K, 1) * n + nq) * theta.shape[0]) else meta_batch_serial
     loss = kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, *plan.layout, K, bool(first_order), *plan.workspaces,
                   d_theta, d_precond)
     return float(loss) / T, d_theta / T, d_precond / T
