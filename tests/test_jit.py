@@ -159,3 +159,4 @@ def test_the_kernel_cache_is_stamped_with_these_sources():
     folder = next(iter(jit._guarded))
     assert (Path(folder) / jit.STAMP).read_text() == jit.sources_digest()
     assert jit.sources_digest() != jit.sources_digest(Path(folder).parent.parent)  # another folder, other sources
+    assert jit.sources_digest() != jit.sources_digest(slp=not jit.ENABLED)  # the other setting: compile again

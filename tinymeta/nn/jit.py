@@ -24,10 +24,9 @@ compiled from (``clear_stale_cache``; a stamp file beside them holds the
 sources' SHA-256).
 
 ``TINYMETA_SLP=0`` in the environment compiles the kernels without it (for
-a suspected miscompilation; clear Numba's cache, ``__pycache__``, first,
-or the cached code is loaded as it was compiled). A kernel compiled with
-SLP off is correct and slower; ``tests/test_jit.py`` checks that both give
-the same bits.
+a suspected miscompilation; the stamp covers the setting, so the cached
+kernels are compiled again). A kernel compiled with SLP off is correct and
+slower; ``tests/test_jit.py`` checks that both give the same bits.
 """
 from __future__ import annotations
 
@@ -70,9 +69,10 @@ def slp_vectorizer():
                 config.SLP_VECTORIZE = _saved
 
 
-def sources_digest(package=PACKAGE) -> str:
-    """SHA-256 over the names and bytes of the package's ``.py`` files, in name order."""
-    h = hashlib.sha256()
+def sources_digest(package=PACKAGE, slp=ENABLED) -> str:
+    """SHA-256 over the names and bytes of the package's ``.py`` files, in name order, and over
+    whether SLP is on (so that ``TINYMETA_SLP=0`` recompiles rather than loading SLP code)."""
+    h = hashlib.sha256(b"slp\0" if slp else b"no-slp\0")
     for path in sorted(Path(package).glob("*.py")):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
@@ -80,7 +80,7 @@ def sources_digest(package=PACKAGE) -> str:
 
 def clear_stale_cache(cache_dir, digest, modules) -> bool:
     """Delete the cached kernels of ``modules`` (file stems) in ``cache_dir`` unless its stamp says
-    ``digest``; then write the stamp. Returns whether anything was dropped."""
+    ``digest``; then write the stamp. Returns whether the stamp differed (kernels dropped)."""
     cache_dir = Path(cache_dir)
     stamp = cache_dir / STAMP
     try:
