@@ -15,10 +15,11 @@ only when there are two or more and it holds at least ``PARALLEL_MIN_WORK``
 row-parameter products; smaller calls run on the calling thread alone,
 where a fork/join would cost more than it gives. On the shared 2-core
 development machine, a sinusoid MAML meta-batch of 25 tasks (~9e5 products,
-0.4-0.8 ms) runs 1.4-1.9x faster on 2 threads than on 1 (median; issue 5
-notes). (Before the tiled kernels, at ~1 ms, it ran 3-5x *slower* on 2
-threads on that machine: the fork/join waited for a thread that the
-scheduler had given to another process.) The meta-batch kernel is compiled
+0.4-0.8 ms) ran 1.4-1.9x faster on 2 threads than on 1 when called back to
+back, but the 70 000-iteration training run took 81 s on 2 threads against
+57 s on 1: between two calls the loop does ~0.15 ms of Python work, the
+idle worker goes to sleep, and waking it costs more than it gives (issue 5
+notes). So such calls stay on one thread. The meta-batch kernel is compiled
 twice for that (``meta_batch_kernel`` over the threads,
 ``meta_batch_serial`` without); the other kernels get the limit with
 ``numba.set_num_threads`` for the duration of the call, which Numba keeps
@@ -44,7 +45,7 @@ from ..nn.meta_kernels import adapt_kernel, meta_batch_kernel, meta_batch_serial
 from ..nn.mlp import MLP
 
 TASK_SLOTS = 8  # parallel task slots; fixed so that sums do not depend on the number of threads
-PARALLEL_MIN_WORK = 200_000  # rows x parameters per call before threads pay (sinusoid MAML: ~9e5; Omniglot: ~1e9)
+PARALLEL_MIN_WORK = 10_000_000  # rows x parameters per call before threads pay (sinusoid MAML: ~9e5; Omniglot: ~1e9)
 
 
 def _parallel(work):
