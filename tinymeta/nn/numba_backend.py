@@ -124,13 +124,7 @@ def loss_and_grad(net, theta, X, y, input_grad=False):
 
 
 def vjp(net, theta, X, dout, input_grad=False):
-    if _blas(net, X):
-        return reference.vjp(net, theta, X, dout, input_grad)
-    ws = _forward(net, theta, X)
-    grad = np.empty_like(theta)
-    dX = np.empty_like(X) if input_grad else _no_dx(theta)
-    _backward(net, theta, ws, dout, grad, dX)
-    return (grad, dX) if input_grad else grad
+    return forward_and_vjp(net, theta, X)[1](dout, input_grad)
 
 
 def forward_and_vjp(net, theta, X):

@@ -191,8 +191,7 @@ def loss_and_grad(net, theta, X, y, input_grad=False):
 
 def vjp(net, theta, X, dout, input_grad=False):
     """``J^T dout`` for a cotangent ``dout`` (n, d_out) on the output."""
-    _, cache = forward_pass(net, theta, X)
-    return backward_pass(net, theta, cache, dout, input_grad)
+    return forward_and_vjp(net, theta, X)[1](dout, input_grad)
 
 
 def forward_and_vjp(net, theta, X):
