@@ -31,21 +31,74 @@ from .losses import MSE
 def _mm(A, B, C, accumulate):
     """``C = A @ B`` (``+=`` if accumulate); A (m, k), B (k, p), C (m, p).
 
-    Tiles of 4 rows x 8 columns of ``C``: 32 sums held in scalars while
-    ``r`` runs over the inner dimension, so that one row of ``B`` (8 values)
-    and 4 values of ``A`` serve 32 multiply-adds and ``C`` is written once.
-    Rows left over go 1 x 8, columns left over (fewer than 8: the sinusoid
-    net's one output, a 5-way head) one dot product each, four rows at a
-    time. Every ``C[i, j]`` sums over ``r`` in order (and is then added to
-    ``C`` if accumulating), whichever path computes it: the tiling changes
-    the speed, never the bits. The 32 scalars become vector registers
-    through LLVM's SLP vectorizer (``jit.py``).
+    Register tiles: the sums of 4 rows x 8 columns of ``C`` (4 x 16 in
+    float32) are held in scalars while ``r`` runs over the inner dimension,
+    so that one row of ``B`` and 4 values of ``A`` serve 32 (64)
+    multiply-adds and ``C`` is written once. LLVM's SLP vectorizer
+    (``jit.py``) turns each row of a tile into vector registers: 8 of them
+    (4 rows x 2 registers of 8 values) keep the two multiply-add units busy
+    despite their 4-cycle latency; a float32 tile of 8 columns has only 4.
+    Rows left over go 2 x 8 and 1 x 8 (1 x 16); columns left over (fewer
+    than 8: the sinusoid net's one output, a 5-way head) one dot product
+    each, four rows at a time. Every ``C[i, j]`` sums over ``r`` in order
+    (and is then added to ``C`` if accumulating), whichever path computes
+    it: the tiling changes the speed, never the bits.
     """
     m, k = A.shape
     p = B.shape[1]
     z = C.dtype.type(0)
-    m4, p8 = m - m % 4, p - p % 8
-    for j in range(0, p8, 8):  # B[:, j:j+8] stays in cache while the rows of A pass
+    wide = C.itemsize == 4  # float32: 16-column tiles
+    m4, m2, p8 = m - m % 4, m - m % 2, p - p % 8
+    for j in range(0, p8, 8):  # B[:, j:j+8] (j:j+16) stays in cache while the rows of A pass
+        if wide and j % 16 == 8:
+            continue  # computed by the 16-column tile at j - 8
+        if wide and j + 16 <= p:
+            for i in range(0, m4, 4):
+                c00 = c01 = c02 = c03 = c04 = c05 = c06 = c07 = c08 = c09 = c0a = c0b = c0c = c0d = c0e = c0f = z
+                c10 = c11 = c12 = c13 = c14 = c15 = c16 = c17 = c18 = c19 = c1a = c1b = c1c = c1d = c1e = c1f = z
+                c20 = c21 = c22 = c23 = c24 = c25 = c26 = c27 = c28 = c29 = c2a = c2b = c2c = c2d = c2e = c2f = z
+                c30 = c31 = c32 = c33 = c34 = c35 = c36 = c37 = c38 = c39 = c3a = c3b = c3c = c3d = c3e = c3f = z
+                for r in range(k):
+                    b0, b1, b2, b3, b4, b5, b6, b7 = B[r, j], B[r, j + 1], B[r, j + 2], B[r, j + 3], \
+                        B[r, j + 4], B[r, j + 5], B[r, j + 6], B[r, j + 7]
+                    b8, b9, ba, bb, bc, bd, be, bf = B[r, j + 8], B[r, j + 9], B[r, j + 10], B[r, j + 11], \
+                        B[r, j + 12], B[r, j + 13], B[r, j + 14], B[r, j + 15]
+                    a0, a1, a2, a3 = A[i, r], A[i + 1, r], A[i + 2, r], A[i + 3, r]
+                    c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3  # noqa: E702
+                    c04 += a0 * b4; c05 += a0 * b5; c06 += a0 * b6; c07 += a0 * b7  # noqa: E702
+                    c08 += a0 * b8; c09 += a0 * b9; c0a += a0 * ba; c0b += a0 * bb  # noqa: E702
+                    c0c += a0 * bc; c0d += a0 * bd; c0e += a0 * be; c0f += a0 * bf  # noqa: E702
+                    c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2; c13 += a1 * b3  # noqa: E702
+                    c14 += a1 * b4; c15 += a1 * b5; c16 += a1 * b6; c17 += a1 * b7  # noqa: E702
+                    c18 += a1 * b8; c19 += a1 * b9; c1a += a1 * ba; c1b += a1 * bb  # noqa: E702
+                    c1c += a1 * bc; c1d += a1 * bd; c1e += a1 * be; c1f += a1 * bf  # noqa: E702
+                    c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2; c23 += a2 * b3  # noqa: E702
+                    c24 += a2 * b4; c25 += a2 * b5; c26 += a2 * b6; c27 += a2 * b7  # noqa: E702
+                    c28 += a2 * b8; c29 += a2 * b9; c2a += a2 * ba; c2b += a2 * bb  # noqa: E702
+                    c2c += a2 * bc; c2d += a2 * bd; c2e += a2 * be; c2f += a2 * bf  # noqa: E702
+                    c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2; c33 += a3 * b3  # noqa: E702
+                    c34 += a3 * b4; c35 += a3 * b5; c36 += a3 * b6; c37 += a3 * b7  # noqa: E702
+                    c38 += a3 * b8; c39 += a3 * b9; c3a += a3 * ba; c3b += a3 * bb  # noqa: E702
+                    c3c += a3 * bc; c3d += a3 * bd; c3e += a3 * be; c3f += a3 * bf  # noqa: E702
+                _store8(C, i, j, accumulate, c00, c01, c02, c03, c04, c05, c06, c07)
+                _store8(C, i, j + 8, accumulate, c08, c09, c0a, c0b, c0c, c0d, c0e, c0f)
+                _store8(C, i + 1, j, accumulate, c10, c11, c12, c13, c14, c15, c16, c17)
+                _store8(C, i + 1, j + 8, accumulate, c18, c19, c1a, c1b, c1c, c1d, c1e, c1f)
+                _store8(C, i + 2, j, accumulate, c20, c21, c22, c23, c24, c25, c26, c27)
+                _store8(C, i + 2, j + 8, accumulate, c28, c29, c2a, c2b, c2c, c2d, c2e, c2f)
+                _store8(C, i + 3, j, accumulate, c30, c31, c32, c33, c34, c35, c36, c37)
+                _store8(C, i + 3, j + 8, accumulate, c38, c39, c3a, c3b, c3c, c3d, c3e, c3f)
+            for i in range(m4, m):
+                c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = ca = cb = cc = cd = ce = cf = z
+                for r in range(k):
+                    a = A[i, r]
+                    c0 += a * B[r, j]; c1 += a * B[r, j + 1]; c2 += a * B[r, j + 2]; c3 += a * B[r, j + 3]  # noqa: E702
+                    c4 += a * B[r, j + 4]; c5 += a * B[r, j + 5]; c6 += a * B[r, j + 6]; c7 += a * B[r, j + 7]  # noqa: E702
+                    c8 += a * B[r, j + 8]; c9 += a * B[r, j + 9]; ca += a * B[r, j + 10]; cb += a * B[r, j + 11]  # noqa: E702
+                    cc += a * B[r, j + 12]; cd += a * B[r, j + 13]; ce += a * B[r, j + 14]; cf += a * B[r, j + 15]  # noqa: E702
+                _store8(C, i, j, accumulate, c0, c1, c2, c3, c4, c5, c6, c7)
+                _store8(C, i, j + 8, accumulate, c8, c9, ca, cb, cc, cd, ce, cf)
+            continue
         for i in range(0, m4, 4):
             c00 = c01 = c02 = c03 = c04 = c05 = c06 = c07 = z
             c10 = c11 = c12 = c13 = c14 = c15 = c16 = c17 = z
@@ -67,7 +120,20 @@ def _mm(A, B, C, accumulate):
             _store8(C, i + 1, j, accumulate, c10, c11, c12, c13, c14, c15, c16, c17)
             _store8(C, i + 2, j, accumulate, c20, c21, c22, c23, c24, c25, c26, c27)
             _store8(C, i + 3, j, accumulate, c30, c31, c32, c33, c34, c35, c36, c37)
-        for i in range(m4, m):
+        for i in range(m4, m2, 2):
+            c00 = c01 = c02 = c03 = c04 = c05 = c06 = c07 = z
+            c10 = c11 = c12 = c13 = c14 = c15 = c16 = c17 = z
+            for r in range(k):
+                b0, b1, b2, b3, b4, b5, b6, b7 = B[r, j], B[r, j + 1], B[r, j + 2], B[r, j + 3], \
+                    B[r, j + 4], B[r, j + 5], B[r, j + 6], B[r, j + 7]
+                a0, a1 = A[i, r], A[i + 1, r]
+                c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3  # noqa: E702
+                c04 += a0 * b4; c05 += a0 * b5; c06 += a0 * b6; c07 += a0 * b7  # noqa: E702
+                c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2; c13 += a1 * b3  # noqa: E702
+                c14 += a1 * b4; c15 += a1 * b5; c16 += a1 * b6; c17 += a1 * b7  # noqa: E702
+            _store8(C, i, j, accumulate, c00, c01, c02, c03, c04, c05, c06, c07)
+            _store8(C, i + 1, j, accumulate, c10, c11, c12, c13, c14, c15, c16, c17)
+        for i in range(m2, m):
             c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = z
             for r in range(k):
                 a = A[i, r]
