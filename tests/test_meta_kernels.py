@@ -123,6 +123,38 @@ def test_small_calls_run_on_one_thread_and_leave_the_thread_count_alone(limit, r
     assert numba.get_num_threads() == before
 
 
+def test_thread_choice_probes_both_then_keeps_the_faster_and_probes_again(monkeypatch):
+    """A fake clock: one thread takes 3 s a call, all threads 2 s; later the other way round."""
+    monkeypatch.setattr(meta_batch.ThreadChoice, "PROBE", 3)
+    monkeypatch.setattr(meta_batch.ThreadChoice, "KEEP", 4)
+    choice, now, modes = meta_batch.ThreadChoice(), 0.0, []
+    for cost in ({False: 3.0, True: 2.0}, {False: 1.0, True: 2.0}):
+        for _ in range(10):  # 6 probes, 4 kept
+            threaded = choice.choose(now)
+            modes.append(threaded)
+            now += cost[threaded]
+    probes = [False, True] * 3
+    assert modes == probes + [True] * 4 + probes + [False] * 4
+
+
+def test_mid_sized_calls_use_the_thread_choice(rng, monkeypatch):
+    import numba
+
+    seen = []
+    for name in ("meta_batch_kernel", "meta_batch_serial"):
+        kernel = getattr(meta_batch, name)
+        monkeypatch.setattr(meta_batch, name, lambda *a, k=kernel, name=name: seen.append(name) or k(*a))
+    monkeypatch.setattr(meta_batch, "TUNE_MIN_WORK", 0)
+    meta_batch._meta_plan.cache_clear()  # a fresh ThreadChoice: its first calls are probes
+    net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng, T=3)
+    results = [meta_batch.meta_loss_and_grad(net, theta, batch, _precond(net, rng, "maml"), 1) for _ in range(4)]
+    if numba.get_num_threads() > 1:  # the first probes alternate
+        assert seen == ["meta_batch_serial", "meta_batch_kernel"] * 2
+    else:
+        assert seen == ["meta_batch_serial"] * 4
+    assert all(np.array_equal(r[1], results[0][1]) for r in results)
+
+
 def test_serial_and_parallel_kernels_and_reused_workspaces_give_the_same_bits(rng, monkeypatch):
     """The same meta-batch through both compiled variants, and again after another shape has used
     the cached workspaces: identical results; the returned arrays are not the workspaces."""

@@ -11,19 +11,22 @@ Results do not depend on the thread count: tasks are spread over
 order, and the slots are summed in order here.
 
 Threads: a call runs its slots on Numba's threads (``numba.get_num_threads()``)
-only when there are two or more and it holds at least ``PARALLEL_MIN_WORK``
-row-parameter products; smaller calls run on the calling thread alone,
-where a fork/join would cost more than it gives. On the shared 2-core
-development machine, a sinusoid MAML meta-batch of 25 tasks (~9e5 products,
-0.4-0.8 ms) ran 1.4-1.9x faster on 2 threads than on 1 when called back to
-back, but the 70 000-iteration training run took 81 s on 2 threads against
-57 s on 1: between two calls the loop does ~0.15 ms of Python work, the
-idle worker goes to sleep, and waking it costs more than it gives (issue 5
-notes). So such calls stay on one thread. The meta-batch kernel is compiled
-twice for that (``meta_batch_kernel`` over the threads,
-``meta_batch_serial`` without); the other kernels get the limit with
-``numba.set_num_threads`` for the duration of the call, which Numba keeps
-per calling thread; nothing process-wide changes.
+only when there are two or more. Calls of at least ``PARALLEL_MIN_WORK``
+row-parameter products always do (an Omniglot meta-batch: ~1e9); calls below
+``TUNE_MIN_WORK`` never do (a fork/join costs more than they hold). In
+between -- a sinusoid MAML meta-batch of 25 tasks is ~9e5 -- it depends on
+the machine and its load, so ``ThreadChoice`` times both and keeps the
+faster. On the shared 2-core development machine such a meta-batch ran
+1.4-1.9x faster on 2 threads called back to back, and 20 000 training
+iterations took 11.5-14 s on 2 threads against 16-17 s on 1 -- but one run
+took 31 s on 2 threads (and a 70 000-iteration run 81 s against 57 s),
+presumably while the virtual machine's second core was busy elsewhere: an
+iteration waits for the slower thread, and a worker that slept between two
+calls must be woken (issue 5 notes). The meta-batch kernel is compiled twice for that
+(``meta_batch_kernel`` over the threads, ``meta_batch_serial`` without);
+the other kernels get the limit with ``numba.set_num_threads`` for the
+duration of the call, which Numba keeps per calling thread; nothing
+process-wide changes.
 
 Workspaces: ``meta_loss_and_grad`` keeps the buffers of the last few
 meta-batch shapes (``_meta_plan``) instead of allocating them on every
@@ -31,7 +34,9 @@ call; the kernels overwrite them before reading.
 """
 from __future__ import annotations
 
+import statistics
 import threading
+import time
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import NamedTuple
@@ -45,12 +50,55 @@ from ..nn.meta_kernels import adapt_kernel, meta_batch_kernel, meta_batch_serial
 from ..nn.mlp import MLP
 
 TASK_SLOTS = 8  # parallel task slots; fixed so that sums do not depend on the number of threads
-PARALLEL_MIN_WORK = 10_000_000  # rows x parameters per call before threads pay (sinusoid MAML: ~9e5; Omniglot: ~1e9)
+PARALLEL_MIN_WORK = 10_000_000  # rows x parameters per call from which threads always pay (Omniglot: ~1e9)
+TUNE_MIN_WORK = 200_000  # from here to PARALLEL_MIN_WORK, ThreadChoice measures (sinusoid MAML: ~9e5)
 
 
 def _parallel(work):
     """Whether a call of ``work`` row-parameter products runs on Numba's threads (module docstring)."""
     return work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+
+
+def _tuned(work):
+    """Whether a call of ``work`` row-parameter products lets ``ThreadChoice`` decide (module docstring)."""
+    return TUNE_MIN_WORK <= work < PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+
+
+class ThreadChoice:
+    """One thread or all of them for the calls of one meta-batch shape, whichever is faster here and now.
+
+    The first ``2 * PROBE`` calls alternate: one thread, all threads, ...
+    Each call is timed from its start to the start of the next one, so
+    that the time includes what the caller does in between (a training
+    loop samples tasks and updates parameters while an idle worker thread
+    goes to sleep). The next ``KEEP`` calls use the one with the smaller
+    median; then both are timed again, as the machine's load changes.
+    Either way the results are the same bits (the task slots are fixed).
+    """
+
+    PROBE, KEEP = 8, 2000
+
+    def __init__(self):
+        self.calls = 0
+        self.times = ([], [])  # seconds per call: one thread, all threads
+        self.threaded = False  # the choice for the calls after the probes
+        self._last = None  # (phase, threaded, start) of the previous call
+
+    def choose(self, now: float) -> bool:
+        """Whether the call starting at ``now`` (``time.perf_counter()``) runs on all threads."""
+        probes = 2 * self.PROBE
+        if self._last is not None:
+            phase, threaded, start = self._last
+            if phase < probes:
+                self.times[threaded].append(now - start)
+            if phase == probes - 1:
+                self.threaded = statistics.median(self.times[True]) < statistics.median(self.times[False])
+                self.times = ([], [])
+        phase = self.calls % (probes + self.KEEP)
+        threaded = phase % 2 == 1 if phase < probes else self.threaded
+        self.calls += 1
+        self._last = (phase, threaded, now)
+        return threaded
 
 
 @contextmanager
@@ -132,7 +180,9 @@ def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False):
     K = int(steps)
     plan = _meta_plan(net, T, n, nq, K, threading.get_ident())
     d_theta, d_precond = np.empty_like(theta), np.empty_like(theta)
-    kernel = meta_batch_kernel if _parallel(T * (max(K, 1) * n + nq) * theta.shape[0]) else meta_batch_serial
+    work = T * (max(K, 1) * n + nq) * theta.shape[0]
+    threaded = plan.threads.choose(time.perf_counter()) if _tuned(work) else _parallel(work)
+    kernel = meta_batch_kernel if threaded else meta_batch_serial
     loss = kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, *plan.layout, K, bool(first_order), *plan.workspaces,
                   d_theta, d_precond)
     return float(loss) / T, d_theta / T, d_precond / T
@@ -140,10 +190,12 @@ def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False):
 
 class _Plan(NamedTuple):
     """What a meta-batch of one shape needs besides its data: ``layout`` (sizes, offsets,
-    activation and loss codes) and ``workspaces`` (every buffer the kernel writes)."""
+    activation and loss codes), ``workspaces`` (every buffer the kernel writes) and
+    ``threads`` (the ThreadChoice of its calls)."""
 
     layout: tuple
     workspaces: tuple
+    threads: ThreadChoice
 
 
 @lru_cache(maxsize=4)  # an Omniglot 20-way plan holds ~200 MB
@@ -165,7 +217,7 @@ def _meta_plan(net, T, n, nq, K, thread) -> _Plan:
                   empty(Kst, n * C), empty(nq * zsum), empty(nq * zsum), empty(nq * zsum), empty(nq * C),
                   empty(n * zsum), empty(n * zsum), empty(n * zsum), empty(P), empty(P), empty(P),
                   empty(n * width), empty(block), np.empty(S, dtype=dt), empty(P), empty(P))
-    return _Plan(layout, workspaces)
+    return _Plan(layout, workspaces, ThreadChoice())
 
 
 def predictions(net, theta, X_support, y_support, X_query, precond, steps):
