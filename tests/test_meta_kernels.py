@@ -61,6 +61,21 @@ def test_batched_matches_reference_in_float64(sizes, activation, loss, steps, ki
     assert got[1].dtype == theta.dtype and got[2].shape == theta.shape
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_without_the_precond_gradient_the_rest_is_the_same_bits(compiled, rng, monkeypatch):
+    """MAML's ``precond_grad=False`` skips d_precond (None); loss and d_theta keep their bits,
+    also for a read-only theta (theta_0 is theta itself in the kernel)."""
+    if not compiled:
+        monkeypatch.setattr(meta_batch, "supports", lambda *a: False)
+    net, theta, batch = _problem((3, 8, 6, 4), "tanh", "xent", rng, T=9)
+    precond = _precond(net, rng, "metasgd")
+    full = inner_loop.meta_loss_and_grad(net, theta, batch, precond, 2)
+    theta.flags.writeable = False
+    lean = inner_loop.meta_loss_and_grad(net, theta, batch, precond, 2, precond_grad=False)
+    assert lean[2] is None and full[2].shape == theta.shape
+    assert lean[0] == full[0] and np.array_equal(lean[1], full[1])
+
+
 @pytest.mark.parametrize("steps", [1, 3])
 def test_anil_body_is_untouched_by_the_inner_loop_and_exact(steps, rng):
     """P is zero on the body: the body's d_precond and meta-gradient still come out exactly."""

@@ -82,7 +82,7 @@ def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_or
     theta, batch = check_inputs(net, theta, batch)
     mask = head_mask(net) if mask is None else check_mask(net, mask)
     loss, d_theta, _ = inner_loop.meta_loss_and_grad(net, theta, batch, config.inner_lr * mask,
-                                                     config.inner_steps, config.first_order)
+                                                     config.inner_steps, config.first_order, precond_grad=False)
     return loss, d_theta
 
 

@@ -118,7 +118,7 @@ def meta_loss_and_grad(net, theta, batch, n_context=5, inner_lr=1.0, inner_steps
     model, w, precond = _setup(net, theta, config)
     batch = check_batch(net, batch, config.n_context)
     loss, d_w, _ = inner_loop.meta_loss_and_grad(model, w, batch, precond, config.inner_steps,
-                                                 config.first_order)
+                                                 config.first_order, precond_grad=False)
     return loss, d_w[:net.n_params]
 
 

@@ -81,20 +81,23 @@ def task_meta_loss_and_grad(model, theta, X_support, y_support, X_query, y_query
     return loss, u, d_precond
 
 
-def meta_loss_and_grad(model, theta, batch, precond, steps, first_order=False):
+def meta_loss_and_grad(model, theta, batch, precond, steps, first_order=False, precond_grad=True):
     """Mean over the tasks of ``batch`` of ``task_meta_loss_and_grad``.
 
     The compiled path (``meta_batch.meta_loss_and_grad``) when
     ``meta_batch.supports`` the model and batch, else
     ``reference_meta_loss_and_grad``; both give the same numbers.
+    ``precond_grad=False``: the gradient wrt ``P`` is not needed (None is
+    returned in its place; the compiled path then skips it).
 
     Returns
     -------
-    (float, (P,), (P,)): mean query loss, its gradient wrt ``theta`` and wrt ``P``.
+    (float, (P,), (P,) or None): mean query loss, its gradient wrt ``theta`` and wrt ``P``.
     """
     if meta_batch.supports(model, batch.X_support, batch.y_support, batch.X_query, batch.y_query):
-        return meta_batch.meta_loss_and_grad(model, theta, batch, precond, steps, first_order)
-    return reference_meta_loss_and_grad(model, theta, batch, precond, steps, first_order)
+        return meta_batch.meta_loss_and_grad(model, theta, batch, precond, steps, first_order, precond_grad)
+    loss, d_theta, d_precond = reference_meta_loss_and_grad(model, theta, batch, precond, steps, first_order)
+    return loss, d_theta, d_precond if precond_grad else None
 
 
 def reference_meta_loss_and_grad(model, theta, batch, precond, steps, first_order=False):

@@ -82,7 +82,7 @@ def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_or
     theta, batch = check_inputs(net, theta, batch)
     precond = preconditioner(net, config)
     loss, d_theta, _ = inner_loop.meta_loss_and_grad(net, theta, batch, precond, config.inner_steps,
-                                                     config.first_order)
+                                                     config.first_order, precond_grad=False)
     return loss, d_theta
 
 

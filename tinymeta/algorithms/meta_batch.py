@@ -154,7 +154,7 @@ def _vector(net, a, name):
     a = np.ascontiguousarray(a, dtype=net.dtype)
     if a.shape != (net.n_params,):
         raise ValueError(f"{name} must have shape ({net.n_params},), got {a.shape}")
-    return a
+    return a if a.flags.writeable else a.copy()  # one array type for the kernels (theta_0 is theta itself)
 
 
 def _inputs(net, X, name, T=None):
@@ -164,12 +164,16 @@ def _inputs(net, X, name, T=None):
     return X
 
 
-def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False):
+def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False, precond_grad=True):
     """The compiled ``inner_loop.reference_meta_loss_and_grad`` (same arguments and results).
+
+    ``precond_grad=False`` skips the gradient wrt ``precond`` (returned as
+    None): MAML, ANIL and CAVIA do not use it, and for an Omniglot-sized net
+    its accumulation reads and writes megabytes per task.
 
     Returns
     -------
-    (float, (P,), (P,)): mean query loss, its gradient wrt ``theta`` and wrt ``precond``.
+    (float, (P,), (P,) or None): mean query loss, its gradient wrt ``theta`` and wrt ``precond``.
     """
     theta, precond = _vector(net, theta, "theta"), _vector(net, precond, "precond")
     Xs = _inputs(net, batch.X_support, "X_support")
@@ -179,13 +183,15 @@ def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False):
     Yqf, Yqi = _targets(net, batch.y_query, T, nq, "y_query")
     K = int(steps)
     plan = _meta_plan(net, T, n, nq, K, threading.get_ident())
-    d_theta, d_precond = np.empty_like(theta), np.empty_like(theta)
+    d_theta = np.empty_like(theta)
+    d_precond = np.empty(theta.shape[0] if precond_grad else 0, dtype=theta.dtype)
+    workspaces = plan.workspaces if precond_grad else plan.workspaces[:-1] + (plan.workspaces[-1][:, :0],)
     work = T * (max(K, 1) * n + nq) * theta.shape[0]
     threaded = plan.threads.choose(time.perf_counter()) if _tuned(work) else _parallel(work)
     kernel = meta_batch_kernel if threaded else meta_batch_serial
-    loss = kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, *plan.layout, K, bool(first_order), *plan.workspaces,
+    loss = kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, *plan.layout, K, bool(first_order), *workspaces,
                   d_theta, d_precond)
-    return float(loss) / T, d_theta / T, d_precond / T
+    return float(loss) / T, d_theta / T, d_precond / T if precond_grad else None
 
 
 class _Plan(NamedTuple):

@@ -42,31 +42,44 @@ def _task(theta, precond, X, Yf, Yi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss,
           thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch,
           d_theta, d_precond):
     """One task (inner_loop.task_meta_loss_and_grad); adds its gradients into
-    ``d_theta``, ``d_precond`` and returns its query loss."""
+    ``d_theta``, ``d_precond`` (unless ``d_precond`` is empty: MAML does not
+    need it) and returns its query loss. ``thetas[k]`` holds the iterate
+    ``theta_k`` for ``k >= 1``; ``theta_0`` is ``theta`` itself."""
     n, nq, P = X.shape[0], Xq.shape[0], theta.shape[0]
-    thetas[0, :] = theta
     for k in range(steps):
-        _forward(thetas[k], X, sizes, poff, zoff, act, Zs[k], Hs[k])
+        th = _iterate(theta, thetas, k)
+        _forward(th, X, sizes, poff, zoff, act, Zs[k], Hs[k])
         _loss_into(loss, Zs[k], n, zoff, sizes, Yf, Yi, Ds[k], Ps[k])
-        _backward(thetas[k], X, sizes, poff, zoff, act, Zs[k], Hs[k], Ds[k], grads[k], scratch)
+        _backward(th, X, sizes, poff, zoff, act, Zs[k], Hs[k], Ds[k], grads[k], scratch)
         for j in range(P):
-            thetas[k + 1, j] = thetas[k, j] - precond[j] * grads[k, j]
-    _forward(thetas[steps], Xq, sizes, poff, zoff, act, Zq, Hq)
+            thetas[k + 1, j] = th[j] - precond[j] * grads[k, j]
+    th = _iterate(theta, thetas, steps)
+    _forward(th, Xq, sizes, poff, zoff, act, Zq, Hq)
     value = _loss_into(loss, Zq, nq, zoff, sizes, Yqf, Yqi, Dq, Pq)
-    _backward(thetas[steps], Xq, sizes, poff, zoff, act, Zq, Hq, Dq, u, scratch)
+    _backward(th, Xq, sizes, poff, zoff, act, Zq, Hq, Dq, u, scratch)
     for k in range(steps - 1, -1, -1):
-        for j in range(P):
-            d_precond[j] -= grads[k, j] * u[j]
+        if d_precond.shape[0] > 0:
+            for j in range(P):
+                d_precond[j] -= grads[k, j] * u[j]
         if not first_order:
             for j in range(P):
                 w[j] = precond[j] * u[j]
-            _hvp(thetas[k], w, X, sizes, poff, zoff, act, loss, Zs[k], Hs[k], Ds[k], Ps[k],
+            _hvp(_iterate(theta, thetas, k), w, X, sizes, poff, zoff, act, loss, Zs[k], Hs[k], Ds[k], Ps[k],
                  Zd, Hd, Dd, hv, tmp, scratch)
             for j in range(P):
                 u[j] -= hv[j]
     for j in range(P):
         d_theta[j] += u[j]
     return value
+
+
+@kernel
+def _iterate(theta, thetas, k):
+    """``theta_k``: ``theta`` for ``k == 0`` (not copied: an Omniglot net's ``theta`` is a
+    megabyte), else ``thetas[k]``."""
+    if k == 0:
+        return theta
+    return thetas[k]
 
 
 @kernel
@@ -88,7 +101,7 @@ def _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act,
 
 @kernel
 def _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
-    """The slots' sums added in slot order: the loss (returned), ``d_theta``, ``d_precond``."""
+    """The slots' sums added in slot order: the loss (returned), ``d_theta``, ``d_precond`` (if not empty)."""
     total = 0.0
     d_theta[:] = 0.0
     d_precond[:] = 0.0
@@ -96,6 +109,7 @@ def _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
         total += loss_acc[s]
         for j in range(d_theta.shape[0]):
             d_theta[j] += d_theta_acc[s, j]
+        for j in range(d_precond.shape[0]):
             d_precond[j] += d_precond_acc[s, j]
     return total
 
