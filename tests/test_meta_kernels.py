@@ -379,3 +379,34 @@ def test_predict_batch_refuses_other_algorithms_and_bad_params(rng):
         batched_predict.predict_batch(net, protonet, {"theta": theta}, protonet.Config(), batch, 1)
     with pytest.raises((KeyError, ValueError, TypeError), match="alpha"):
         batched_predict.predict_batch(net, metasgd, {"theta": theta}, metasgd.Config(), batch, 1)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 41])
+def test_finite_vector_finds_every_non_finite_entry(dtype, n):
+    from tinymeta.nn.meta_kernels import _finite_vector
+
+    a = np.full(n, np.finfo(dtype).max, dtype=dtype)  # the largest finite values: x * 0 is still 0
+    assert _finite_vector(a)
+    for i in range(n):
+        for bad in (np.inf, -np.inf, np.nan):
+            b = a.copy()
+            b[i] = bad
+            assert not _finite_vector(b), (i, bad)
+
+
+def test_reptile_direction_adds_the_tasks_in_order(rng, monkeypatch):
+    """The compiled meta_step sums theta - adapted_i over tasks vectorised; the bits are the loop's."""
+    net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng, T=13)
+    adapted = theta + rng.standard_normal((13, net.n_params)) * 10.0 ** rng.integers(-8, 3, (13, 1))
+    losses = rng.random(13) * 10.0 ** rng.integers(-8, 3, 13)
+    calls = []
+    monkeypatch.setattr(meta_batch, "batched_adapt", lambda *a: calls.append(1) or (adapted, np.full(13, -1), losses))
+    loss, grads = reptile.meta_step(net, {"theta": theta}, batch, reptile.Config(inner_lr=0.02, inner_steps=5))
+    assert calls == [1]
+    want_direction, want_loss = np.zeros_like(theta), 0.0
+    for i in range(13):
+        want_direction += theta - adapted[i]
+        want_loss += losses[i]
+    assert np.array_equal(grads["theta"], want_direction / 13) and loss == want_loss / 13

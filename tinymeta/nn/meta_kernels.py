@@ -145,11 +145,25 @@ def meta_batch_serial(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, z
 # ----------------------------------------------------------- predictions
 @kernel
 def _finite_vector(a):
-    """Whether every entry of the 1-D ``a`` is finite."""
-    for j in range(a.shape[0]):
-        if not np.isfinite(a[j]):
-            return False
-    return True
+    """Whether every entry of the 1-D ``a`` is finite.
+
+    ``x * 0`` is 0 for a finite ``x`` and NaN for an infinite or NaN one, and
+    a NaN stays NaN through any sum: so the entries times 0 are summed in 8
+    independent sums (which the SLP vectorizer turns into one vector
+    register; a loop that stops at the first non-finite entry runs one
+    entry at a time, ~1.4 us for the sinusoid net's 1761 parameters, as
+    long as a Reptile step's forward pass) and the total is checked once.
+    """
+    n = a.shape[0]
+    n8 = n - n % 8
+    z = a.dtype.type(0)
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
+    for j in range(0, n8, 8):
+        s0 += a[j] * z; s1 += a[j + 1] * z; s2 += a[j + 2] * z; s3 += a[j + 3] * z  # noqa: E702
+        s4 += a[j + 4] * z; s5 += a[j + 5] * z; s6 += a[j + 6] * z; s7 += a[j + 7] * z  # noqa: E702
+    for j in range(n8, n):
+        s0 += a[j] * z
+    return np.isfinite(s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7)
 
 
 @kernel
