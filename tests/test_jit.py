@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numba import njit
 from numba.core import config
 
 import tinymeta as tm
@@ -160,3 +161,14 @@ def test_the_kernel_cache_is_stamped_with_these_sources():
     assert (Path(folder) / jit.STAMP).read_text() == jit.sources_digest()
     assert jit.sources_digest() != jit.sources_digest(Path(folder).parent.parent)  # another folder, other sources
     assert jit.sources_digest() != jit.sources_digest(slp=not jit.ENABLED)  # the other setting: compile again
+
+
+@pytest.mark.kernels
+def test_is_float32_is_a_constant_of_the_array_type():
+    @njit
+    def f(a):
+        return jit.is_float32(a)
+
+    for dtype, want in (("float32", True), ("float64", False), ("int32", False)):
+        a = np.zeros(3, dtype=dtype)
+        assert bool(jit.is_float32(a)) is want and f(a) == want

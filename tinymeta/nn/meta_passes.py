@@ -19,7 +19,7 @@ Nothing here allocates.
 from __future__ import annotations
 
 from .activations import RELU
-from .jit import kernel
+from .jit import is_float32, kernel
 from .kernels import (_activate, _add_bias, _add_colsum, _back_through_activation, _back_through_d1,
                       _tangent_through_activation, _view, mse_kernel, mse_r_kernel, xent_kernel,
                       xent_r_kernel)
@@ -47,7 +47,7 @@ def _mm(A, B, C, accumulate):
     m, k = A.shape
     p = B.shape[1]
     z = C.dtype.type(0)
-    wide = C.itemsize == 4  # float32: 16-column tiles
+    wide = is_float32(C)  # 16-column tiles; a constant, so float64 compiles without them
     m4, m2, p8 = m - m % 4, m - m % 2, p - p % 8
     for j in range(0, p8, 8):  # B[:, j:j+8] (j:j+16) stays in cache while the rows of A pass
         if wide and j % 16 == 8:
