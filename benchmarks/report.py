@@ -258,7 +258,8 @@ METHOD = """## Method
   JAX has no run-time switch: XLA sizes its CPU pool from the affinity mask, and with t = 1 the worker also sets
   `XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`. The `cpu/wall` column shows
   how many cores each library actually kept busy.
-- **Timing** (`benchmarks/timing.py`): warm-up calls (compilation) untimed; then repeats of blocks of back-to-back
+- **Timing** (`benchmarks/timing.py`): warm-up calls (compilation, at least 0.25 s of them: tinymeta times one thread
+  against all threads on its first calls of a sinusoid meta-batch) untimed; then repeats of blocks of back-to-back
   calls, each block long enough to time reliably, garbage collector off inside a block (as `timeit`).
 - **FLOPs** (`benchmarks/flops.py`): matrix products only, 2mkn each, of the textbook algorithm, the same for
   every library. With M = number of weights and F = s0*s1 (first layer), on n samples: forward = 2nM;

@@ -27,6 +27,12 @@ class Settings:
         ``repeats`` blocks would exceed this
     warmup : untimed calls first (compilation, caches, allocator); one more untimed
         call follows, to calibrate the block length
+    warmup_s : and the warm-up goes on for at least this long after the first
+        call (which may compile): a library may settle over its first calls
+        (tinymeta's ``ThreadChoice`` times one thread against all threads on
+        its first 16 calls of a sinusoid meta-batch, and its first threaded
+        call starts the thread pool; taken as the calibration call, that one
+        made every block one call long, with a garbage collection between calls)
     """
 
     repeats: int = 7
@@ -34,10 +40,11 @@ class Settings:
     max_cell_s: float = 1.5
     min_repeats: int = 3
     warmup: int = 1
+    warmup_s: float = 0.25
 
 
 FULL = Settings()
-QUICK = Settings(repeats=3, min_block_s=0.005, max_cell_s=0.3, min_repeats=2, warmup=1)
+QUICK = Settings(repeats=3, min_block_s=0.005, max_cell_s=0.3, min_repeats=2, warmup=1, warmup_s=0.05)
 
 
 def _block(step, number):
@@ -64,9 +71,11 @@ def measure(step, settings: Settings = FULL):
     ``samples`` (one per repeat), ``number`` (calls per repeat),
     ``cpu_per_wall`` (median over repeats).
     """
-    first = step()
-    for _ in range(settings.warmup - 1):
+    first = step()  # compiles, if it must: warmup_s counts from its end
+    start, calls = time.perf_counter(), 1
+    while calls < settings.warmup or time.perf_counter() - start < settings.warmup_s:
         step()
+        calls += 1
     single, _ = _block(step, 1)
     number = max(1, math.ceil(settings.min_block_s / max(single, 1e-9)))
     repeats = settings.repeats

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
 
-from benchmarks import agreement, flops, report, tinymeta_side  # noqa: E402
+from benchmarks import agreement, flops, report, timing, tinymeta_side  # noqa: E402
 from benchmarks.workloads import WORKLOADS, Workload, inputs_for, join_theta, make_inputs, select, split_theta  # noqa: E402
 
 TINY = {  # tiny versions of each workload family, for the agreement check
@@ -263,3 +263,29 @@ def test_report_marks_missing_peers_unavailable_modules_and_failures():
     assert "not installed" in text and "QUICK RUN" in text and "**FAILED**" in text and "**FAIL**" in text
     assert "2,000.0 (2.00x)" in text  # jax's median beside tinymeta's speed-up over it
     assert f"{flops.meta_iteration(w) / 1e6:,.2f} M" in text
+
+
+# ---------------------------------------------------------------- timing
+def test_warm_up_lasts_its_calls_and_its_seconds_before_any_block():
+    """The warm-up runs until both ``warmup`` calls and ``warmup_s`` seconds are done (a library
+    that settles over its first calls is timed settled); the first call's output is returned."""
+    clock = {"t": 0.0}
+    calls = []
+
+    def step():  # each call "takes" 1/64 s of a fake clock (binary fractions: exact sums)
+        calls.append(clock["t"])
+        clock["t"] += 1 / 64
+        return len(calls)
+
+    settings = timing.Settings(repeats=2, min_block_s=1 / 32, max_cell_s=10.0, min_repeats=1, warmup=3,
+                               warmup_s=1 / 8)
+    real = timing.time.perf_counter
+    timing.time.perf_counter = lambda: clock["t"]
+    try:
+        first, summary = timing.measure(step, settings)
+    finally:
+        timing.time.perf_counter = real
+    assert first == 1
+    warm = 1 + 8  # the first call, then 1/8 s of 1/64 s calls (more than the 3 calls asked for)
+    assert summary["number"] == 2 and summary["median"] == 1 / 64
+    assert len(calls) == warm + 1 + 2 * 2  # warm-up, calibration, 2 blocks of 2
