@@ -285,6 +285,33 @@ def test_batched_adapt_matches_reptile_iterates(sizes, activation, loss, batch_s
         assert losses[i] == pytest.approx(net.loss(want, X_query, y_query), rel=TOL64)
 
 
+@pytest.mark.parametrize("threads", [False, True])
+def test_batched_adapt_reuses_its_workspaces_and_may_use_threads(threads, rng, monkeypatch):
+    """Reused buffers (another shape in between) and the thread choice change no bit; the
+    returned arrays are new on every call."""
+    import numba
+
+    # every call lets ThreadChoice decide (its first calls alternate), or none does
+    monkeypatch.setattr(meta_batch, "TUNE_MIN_WORK", 0 if threads else 10 ** 12)
+    meta_batch._adapt_plan.cache_clear()
+    net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng, T=11)
+    _, _, other = _problem((1, 40, 40, 1), "relu", "mse", rng, T=4)
+    step = np.full_like(theta, 0.05)
+    seen = []
+    original = meta_batch._threads
+    monkeypatch.setattr(meta_batch, "_threads", lambda threaded: seen.append(threaded) or original(threaded))
+    results = []
+    for _ in range(3):
+        results.append(meta_batch.batched_adapt(net, theta, batch.X_support, batch.y_support, step, 3, 2,
+                                                batch.X_query, batch.y_query))
+        meta_batch.batched_adapt(net, theta, other.X_support, other.y_support, step, 3, 2, other.X_query,
+                                 other.y_query)
+    for got in results[1:]:
+        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got, results[0]))
+    assert not np.shares_memory(results[0][0], results[1][0])
+    assert (True in seen) == (threads and numba.get_num_threads() > 1)
+
+
 @pytest.mark.parametrize("batch_size", [None, 4])
 def test_reptile_meta_step_compiled_equals_reference(batch_size, rng, monkeypatch):
     net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng)

@@ -16,7 +16,7 @@ row-parameter products always do (an Omniglot meta-batch: ~1e9); calls below
 ``TUNE_MIN_WORK`` never do (a fork/join costs more than they hold). In
 between -- a sinusoid MAML meta-batch of 25 tasks is ~9e5 -- it depends on
 the machine and its load, so ``ThreadChoice`` times both and keeps the
-faster. On the shared 2-core development machine such a meta-batch ran
+faster (``meta_loss_and_grad`` and ``batched_adapt``, per shape). On the shared 2-core development machine such a meta-batch ran
 1.4-1.9x faster on 2 threads called back to back, and 20 000 training
 iterations took 11.5-14 s on 2 threads against 16-17 s on 1 -- but one run
 took 31 s on 2 threads (and a 70 000-iteration run 81 s against 57 s),
@@ -28,9 +28,9 @@ the other kernels get the limit with ``numba.set_num_threads`` for the
 duration of the call, which Numba keeps per calling thread; nothing
 process-wide changes.
 
-Workspaces: ``meta_loss_and_grad`` keeps the buffers of the last few
-meta-batch shapes (``_meta_plan``) instead of allocating them on every
-call; the kernels overwrite them before reading.
+Workspaces: ``meta_loss_and_grad`` and ``batched_adapt`` keep the buffers
+of the last few meta-batch shapes (``_meta_plan``, ``_adapt_plan``) instead
+of allocating them on every call; the kernels overwrite them before reading.
 """
 from __future__ import annotations
 
@@ -101,11 +101,16 @@ class ThreadChoice:
         return threaded
 
 
-@contextmanager
 def _threads_for(work):
     """Numba threads for a call of ``work`` row-parameter products (see the module docstring)."""
+    return _threads(_parallel(work))
+
+
+@contextmanager
+def _threads(threaded):
+    """All of Numba's threads for the calls inside if ``threaded``, else one."""
     before = numba.get_num_threads()
-    use = before if _parallel(work) else 1
+    use = before if threaded else 1
     if use != before:
         numba.set_num_threads(use)
     try:
@@ -292,22 +297,34 @@ def batched_adapt(net, theta, X_support, y_support, precond, steps, batch_size=N
         Xq = _inputs(net, X_query, "X_query", T)
         nq = Xq.shape[1]
         Yqf, Yqi = _targets(net, y_query, T, nq, "y_query")
+    P = theta.shape[0]
+    plan = _adapt_plan(net, T, n, nq, b, threading.get_ident())
+    work = T * (max(int(steps), 1) * b + nq) * P
+    threaded = plan.threads.choose(time.perf_counter()) if _tuned(work) else _parallel(work)
+    adapted = np.empty((T, P), dtype=theta.dtype)
+    diverged_at = np.empty(T, dtype=np.int64)
+    query_loss = np.full(T, np.nan)
+    with _threads(threaded):
+        adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, *plan.layout, int(steps), b, *plan.workspaces,
+                     adapted, diverged_at, query_loss)
+    return adapted, diverged_at, query_loss
+
+
+@lru_cache(maxsize=4)
+def _adapt_plan(net, T, n, nq, b, thread) -> _Plan:
+    """``batched_adapt``'s ``_Plan`` for ``T`` tasks of ``n`` support rows (minibatches of ``b``)
+    and ``nq`` query rows, made once and reused, as ``_meta_plan``."""
     sizes, poff, zoff = _layout(net)
-    S, P, C = min(T, TASK_SLOTS), theta.shape[0], int(sizes[-1])
+    S, P, C, d_in = min(T, TASK_SLOTS), net.n_params, int(sizes[-1]), int(sizes[0])
     zsum, block = int(zoff[-1]), int((sizes[:-1] * sizes[1:]).max())
-    dt = theta.dtype
+    dt = np.dtype(net.dtype)
     mse = get_loss(net.loss_name).code == MSE
 
     def empty(*shape):
         return np.empty((S, *shape), dtype=dt)
 
-    adapted = np.empty((T, P), dtype=dt)
-    diverged_at = np.empty(T, dtype=np.int64)
-    query_loss = np.full(T, np.nan)
-    with _threads_for(T * (max(int(steps), 1) * b + nq) * P):
-        adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, get_activation(net.activation).code,
-                     get_loss(net.loss_name).code, int(steps), b, empty(P), empty(n * zsum), empty(n * zsum),
-                     empty(n * zsum), empty(n * C), empty(b * d_in), empty(b if mse else 0, C if mse else 0),
-                     np.empty((S, 0 if mse else b), dtype=np.int64), empty(nq * zsum), empty(nq * zsum),
-                     empty(nq * zsum), empty(nq * C), empty(block), adapted, diverged_at, query_loss)
-    return adapted, diverged_at, query_loss
+    layout = (sizes, poff, zoff, get_activation(net.activation).code, get_loss(net.loss_name).code)
+    workspaces = (empty(P), empty(n * zsum), empty(n * zsum), empty(n * zsum), empty(n * C), empty(b * d_in),
+                  empty(b if mse else 0, C if mse else 0), np.empty((S, 0 if mse else b), dtype=np.int64),
+                  empty(nq * zsum), empty(nq * zsum), empty(nq * zsum), empty(nq * C), empty(block))
+    return _Plan(layout, workspaces, ThreadChoice())
