@@ -164,7 +164,7 @@ def test_the_kernel_cache_is_stamped_with_these_sources():
 
 
 @pytest.mark.kernels
-def test_is_float32_is_a_constant_of_the_array_type():
+def test_is_float32_follows_the_array_dtype_compiled_and_as_python():
     @njit
     def f(a):
         return jit.is_float32(a)

@@ -190,7 +190,9 @@ def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False, pre
     plan = _meta_plan(net, T, n, nq, K, threading.get_ident())
     d_theta = np.empty_like(theta)
     d_precond = np.empty(theta.shape[0] if precond_grad else 0, dtype=theta.dtype)
-    workspaces = plan.workspaces if precond_grad else plan.workspaces[:-1] + (plan.workspaces[-1][:, :0],)
+    workspaces = plan.workspaces
+    if not precond_grad:  # empty d_precond accumulators (the last workspace): the kernel skips that gradient
+        workspaces = workspaces[:-1] + (workspaces[-1][:, :0],)
     work = T * (max(K, 1) * n + nq) * theta.shape[0]
     threaded = plan.threads.choose(time.perf_counter()) if _tuned(work) else _parallel(work)
     kernel = meta_batch_kernel if threaded else meta_batch_serial
