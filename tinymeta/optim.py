@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import validation as val
+from .nn.optim_kernels import adam_kernel
 
 
 def _check(params, grads):
@@ -68,6 +69,8 @@ class Adam:
             if not 0 <= b < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {b}")
         val.check_float(self.eps, "eps", positive=True)
+        for name in ("lr", "beta1", "beta2", "eps"):  # Python floats: a NumPy float64 would promote float32 steps
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     def init(self, params: dict) -> dict:
         """Zero moments ``m/<key>``, ``v/<key>`` and the step count ``t``."""
@@ -80,10 +83,14 @@ class Adam:
     def update(self, params: dict, grads: dict, state: dict, lr: float | None = None):
         """One step; ``lr`` overrides ``self.lr`` (for schedules). Returns ``(params, state)``."""
         _check(params, grads)
-        lr = self.lr if lr is None else lr
+        lr = float(self.lr if lr is None else lr)  # a NumPy float64 would promote float32 arithmetic
         t = int(state["t"]) + 1
         new_params, new_state = {}, {"t": np.array(t, dtype=np.int64)}
         for k, g in grads.items():
+            if _one_float_dtype(params[k], g, state[f"m/{k}"], state[f"v/{k}"]):  # the usual case: compiled
+                new_params[k], new_state[f"m/{k}"], new_state[f"v/{k}"] = self._compiled(
+                    params[k], g, state[f"m/{k}"], state[f"v/{k}"], lr, t)
+                continue
             m = self.beta1 * state[f"m/{k}"] + (1 - self.beta1) * g
             v = self.beta2 * state[f"v/{k}"] + (1 - self.beta2) * g * g
             m_hat = m / (1 - self.beta1 ** t)
@@ -91,6 +98,19 @@ class Adam:
             new_params[k] = (params[k] - lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(params[k].dtype)
             new_state[f"m/{k}"], new_state[f"v/{k}"] = m, v
         return new_params, new_state
+
+    def _compiled(self, p, g, m, v, lr, t):
+        """The loop above in one compiled pass (nn/optim_kernels.py): the same bits, ~2x faster."""
+        f = p.dtype.type  # NumPy rounds each Python float to the arrays' dtype before using it
+        out = adam_kernel(p.ravel(), g.ravel(), m.ravel(), v.ravel(), f(lr), f(self.beta1), f(1 - self.beta1),
+                          f(self.beta2), f(1 - self.beta2), f(1 - self.beta1 ** t), f(1 - self.beta2 ** t), f(self.eps))
+        return tuple(a.reshape(p.shape) for a in out)
+
+
+def _one_float_dtype(*arrays) -> bool:
+    """Whether every array has the same dtype, float32 or float64 (what ``adam_kernel`` takes)."""
+    dt = arrays[0].dtype
+    return dt in (np.float32, np.float64) and all(a.dtype == dt for a in arrays)
 
 
 def global_norm(grads: dict) -> float:

@@ -102,7 +102,6 @@ def _last_good(run_dir, last_saved):
 
 
 def _check_finite(iteration, loss, grads, params, run_dir, last_saved):
-    where, hint = _last_good(run_dir, last_saved), DIVERGENCE_HINT
     problems = [] if math.isfinite(loss) else [f"the meta-loss is {loss}"]
     for kind, arrays in (("meta-gradient", grads), ("parameter", params)):
         problems += [f"the {kind} {k!r} has {int(np.size(v) - np.isfinite(v).sum())} non-finite entries"
@@ -111,7 +110,7 @@ def _check_finite(iteration, loss, grads, params, run_dir, last_saved):
             break
     if problems:
         raise TrainingDiverged(f"training stopped at iteration {iteration}: {problems[0]}. "
-                               f"Last good checkpoint: {where}. {hint}")
+                               f"Last good checkpoint: {_last_good(run_dir, last_saved)}. {DIVERGENCE_HINT}")
 
 
 class _StopRequest:
@@ -269,10 +268,10 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
                                           f"raised {type(err).__name__}: {err}. Last good checkpoint: "
                                           f"{_last_good(run_dir, last_saved)}.") from err
                 loss = float(loss)
-                _check_finite(t + 1, loss, grads, {}, run_dir, last_saved)
                 with np.errstate(over="ignore", invalid="ignore"):
-                    sc["grad_norm"] = optim.global_norm(grads)
-                    if not math.isfinite(sc["grad_norm"]):  # finite entries whose squares overflow
+                    sc["grad_norm"] = optim.global_norm(grads)  # not finite if an entry is not, or squares overflow
+                    if not (math.isfinite(sc["grad_norm"]) and math.isfinite(loss)):
+                        _check_finite(t + 1, loss, grads, {}, run_dir, last_saved)  # a non-finite loss or entry
                         raise TrainingDiverged(
                             f"training stopped at iteration {t + 1}: the meta-gradient's norm overflowed (largest "
                             f"entry {max(float(np.abs(g).max()) for g in grads.values()):.3g}). Last good "

@@ -46,6 +46,15 @@ def check_finite(a: np.ndarray, name: str) -> None:
         )
 
 
+def _fits(got: tuple, shape: tuple) -> bool:
+    """Whether ``got`` matches ``shape``: equal ints, and any size >= 1 where ``shape`` has ``None``.
+    A plain loop: this runs on every array of every training iteration."""
+    for d, s in zip(got, shape):
+        if d != s and (s is not None or d < 1):
+            return False
+    return True
+
+
 def as_float_array(x, name: str, dtype, shape: tuple, finite: bool = True) -> np.ndarray:
     """Check a real floating array against ``shape`` and return it as ``dtype``.
 
@@ -57,11 +66,11 @@ def as_float_array(x, name: str, dtype, shape: tuple, finite: bool = True) -> np
         raise TypeError(
             f"{name} must be a real floating-point array ({np.dtype(dtype).name}), got dtype {a.dtype}"
         )
-    want = tuple("n" if s is None else s for s in shape)
-    if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+    if a.ndim != len(shape) or not _fits(a.shape, shape):
+        want = tuple("n" if s is None else s for s in shape)
+        if a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape)):  # a free size is 0
+            raise ValueError(f"{name} must not be empty: shape {_fmt_shape(want)} needs n >= 1, got {a.shape}")
         raise ValueError(f"{name} must have shape {_fmt_shape(want)}, got {a.shape}")
-    if any(s is None and d < 1 for s, d in zip(shape, a.shape)):
-        raise ValueError(f"{name} must not be empty: shape {_fmt_shape(want)} needs n >= 1, got {a.shape}")
     a = np.ascontiguousarray(a, dtype=dtype)
     if finite:
         check_finite(a, name)

@@ -114,15 +114,19 @@ def _guard(dispatcher, fn):
         pass
 
 
-def kernel(fn=None, *, parallel=False):
-    """``numba.njit(cache=True, parallel=parallel)`` whose compilations run inside ``slp_vectorizer``.
+def kernel(fn=None, *, parallel=False, error_model="python"):
+    """``numba.njit(cache=True, parallel=parallel, error_model=error_model)`` whose compilations
+    run inside ``slp_vectorizer``.
 
-    Use as ``@kernel`` or ``@kernel(parallel=True)``. Under
+    Use as ``@kernel`` or ``@kernel(parallel=True)``. ``error_model="numpy"``
+    makes ``x / 0`` give inf or NaN as in NumPy instead of raising
+    ``ZeroDivisionError``; a loop that divides is then vectorised (the
+    check before every division stops it otherwise). Under
     ``NUMBA_DISABLE_JIT=1`` the function stays plain Python.
     """
     if fn is None:
-        return lambda f: kernel(f, parallel=parallel)
-    dispatcher = njit(cache=True, parallel=parallel)(fn)
+        return lambda f: kernel(f, parallel=parallel, error_model=error_model)
+    dispatcher = njit(cache=True, parallel=parallel, error_model=error_model)(fn)
     compile_ = getattr(dispatcher, "compile", None)
     if compile_ is None:  # NUMBA_DISABLE_JIT: njit returned fn itself
         return dispatcher

@@ -73,20 +73,19 @@ def _check_counts(n_tasks, n_support, n_query):
 
 def _dtype(dtype):
     try:
-        name = np.dtype(dtype).name
+        dt = np.dtype(dtype)
     except TypeError:
-        name = None
-    if name not in ("float64", "float32"):
+        dt = None
+    if dt is None or dt.kind != "f" or dt.itemsize not in (4, 8):  # float32 or float64 (not `.name`: slow)
         raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    return np.dtype(dtype)
+    return dt
 
 
-def _tasks(amplitude, phase, X_support, X_query, dtype):
-    def targets(X):
-        return true_function(amplitude[:, None, None], phase[:, None, None], X)
-
-    batch = TaskBatch(X_support.astype(dtype), targets(X_support).astype(dtype),
-                      X_query.astype(dtype), targets(X_query).astype(dtype))
+def _tasks(amplitude, phase, X, n_support, dtype):
+    """The tasks whose points ``X`` (T, K + Q, 1) hold the support points, then the query points."""
+    y = true_function(amplitude[:, None, None], phase[:, None, None], X)  # one call: sampling runs every iteration
+    K = n_support
+    batch = TaskBatch(X[:, :K].astype(dtype), y[:, :K].astype(dtype), X[:, K:].astype(dtype), y[:, K:].astype(dtype))
     return SinusoidTasks(batch, amplitude, phase)
 
 
@@ -109,7 +108,7 @@ def sample(rng, n_tasks, n_support, n_query, dtype="float64"):
     amplitude = rng.uniform(*AMPLITUDE_RANGE, size=n_tasks)
     phase = rng.uniform(*PHASE_RANGE, size=n_tasks)
     X = rng.uniform(*X_RANGE, size=(n_tasks, n_support + n_query, 1))
-    return _tasks(amplitude, phase, X[:, :n_support], X[:, n_support:], dtype)
+    return _tasks(amplitude, phase, X, n_support, dtype)
 
 
 def fixed_tasks(split="test", n_support=5, n_tasks=None, n_query=N_EVAL_QUERY, dtype="float64"):
@@ -144,4 +143,4 @@ def fixed_tasks(split="test", n_support=5, n_tasks=None, n_query=N_EVAL_QUERY, d
     phase = phases.uniform(*PHASE_RANGE, size=n_tasks)
     X_query = np.stack([q.uniform(*X_RANGE, size=(n_query, 1)) for q in queries.spawn(n_tasks)])
     X_support = np.stack([s.uniform(*X_RANGE, size=(n_support, 1)) for s in supports.spawn(n_tasks)])
-    return _tasks(amplitude, phase, X_support, X_query, dtype)
+    return _tasks(amplitude, phase, np.concatenate([X_support, X_query], axis=1), n_support, dtype)
