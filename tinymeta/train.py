@@ -255,20 +255,19 @@ def train(run_dir, config: TrainConfig | None = None, *, resume=False, overwrite
             while sc["iteration"] < stop_at:
                 t = sc["iteration"]
                 batch = tasks.sample(rng, config.meta_batch, config.shots, config.query, config.dtype).batch
-                try:
-                    with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are caught below
+                with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are caught below
+                    try:
                         loss, grads = module.meta_step(net, params, batch, algo_config)
-                except FloatingPointError as err:  # finite params and tasks, non-finite values inside the step
-                    raise TrainingDiverged(f"training stopped at iteration {t + 1}: {config.algo}'s meta_step "
-                                           f"diverged inside (values computed from finite parameters overflowed): "
-                                           f"{err}. Last good checkpoint: {_last_good(run_dir, last_saved)}. "
-                                           f"{DIVERGENCE_HINT}") from err
-                except RuntimeError as err:  # e.g. an inner solver that did not converge
-                    raise TrainingStopped(f"training stopped at iteration {t + 1}: {config.algo}'s meta_step "
-                                          f"raised {type(err).__name__}: {err}. Last good checkpoint: "
-                                          f"{_last_good(run_dir, last_saved)}.") from err
-                loss = float(loss)
-                with np.errstate(over="ignore", invalid="ignore"):
+                    except FloatingPointError as err:  # finite params and tasks, non-finite values inside the step
+                        raise TrainingDiverged(f"training stopped at iteration {t + 1}: {config.algo}'s meta_step "
+                                               f"diverged inside (values computed from finite parameters "
+                                               f"overflowed): {err}. Last good checkpoint: "
+                                               f"{_last_good(run_dir, last_saved)}. {DIVERGENCE_HINT}") from err
+                    except RuntimeError as err:  # e.g. an inner solver that did not converge
+                        raise TrainingStopped(f"training stopped at iteration {t + 1}: {config.algo}'s meta_step "
+                                              f"raised {type(err).__name__}: {err}. Last good checkpoint: "
+                                              f"{_last_good(run_dir, last_saved)}.") from err
+                    loss = float(loss)
                     sc["grad_norm"] = optim.global_norm(grads)  # not finite if an entry is not, or squares overflow
                     if not (math.isfinite(sc["grad_norm"]) and math.isfinite(loss)):
                         _check_finite(t + 1, loss, grads, {}, run_dir, last_saved)  # a non-finite loss or entry
