@@ -49,6 +49,7 @@ class Config:
     def __post_init__(self):
         val.check_float(self.inner_lr, "inner_lr", positive=True)
         val.check_int(self.inner_steps, "inner_steps", minimum=0)
+        protocol.check_flag(self.first_order, "first_order")
         protocol.check_flag(self.adapt_bn_offsets, "adapt_bn_offsets")
 
 
@@ -78,7 +79,11 @@ def meta_loss_and_grad(net, theta, batch, inner_lr=0.01, inner_steps=1, first_or
     its exact gradient with respect to ``theta`` (FOMAML's approximation if
     ``first_order``).
     """
-    config = Config(inner_lr, inner_steps, protocol.check_flag(first_order, "first_order"), adapt_bn_offsets)
+    return _meta_loss_and_grad(net, theta, batch, Config(inner_lr, inner_steps, first_order, adapt_bn_offsets))
+
+
+def _meta_loss_and_grad(net, theta, batch, config):
+    """``meta_loss_and_grad`` with a checked ``Config`` (meta_step has one already)."""
     theta, batch = check_inputs(net, theta, batch)
     precond = preconditioner(net, config)
     loss, d_theta, _ = inner_loop.meta_loss_and_grad(net, theta, batch, precond, config.inner_steps,
@@ -104,8 +109,7 @@ def init_params(net, rng, config):
 def meta_step(net, params, batch, config):
     """Meta-loss and meta-gradient of one meta-batch, keyed like ``params``."""
     params, config = protocol.check_params(params, ("theta",)), protocol.check_config(config, Config)
-    loss, grad = meta_loss_and_grad(net, params["theta"], batch, config.inner_lr, config.inner_steps,
-                                    config.first_order, config.adapt_bn_offsets)
+    loss, grad = _meta_loss_and_grad(net, params["theta"], batch, config)
     return loss, {"theta": grad}
 
 
