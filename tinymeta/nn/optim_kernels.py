@@ -3,8 +3,9 @@
 A training iteration of the sinusoid protocol spends ~250 us in the
 meta-batch kernel; ``Adam.update`` in NumPy took another ~29 us in the
 same loop: fifteen array operations on 1761 numbers, each one mostly call
-overhead. This kernel makes one pass over the entries instead (3.6 us in
-float64, measured alone).
+overhead. This kernel makes one pass over the entries instead: 4.7 us in
+float64 with its three new arrays, and ``Adam.update`` 18 -> 10.5 us
+(measured alone, 1761 parameters).
 
 It computes the same formula in the same order of operations, entry by
 entry, and gets the same bits: every operation (``*``, ``+``, ``/``,
