@@ -1,11 +1,12 @@
 """``make bench``: tinymeta against PyTorch and JAX, side by side, in one run; writes BENCHMARKS.md.
 
     python -m benchmarks.run [--quick] [--workloads 'sinusoid-*' ...] [--libraries tinymeta torch jax]
-                             [--dtypes float32 float64] [--threads 1 2] [--output BENCHMARKS.md]
+                             [--dtypes float32 float64] [--threads 1 2] [--rounds 2] [--output BENCHMARKS.md]
 
 One run: measure the machine's matmul peak (``peak.py``), then start one
 worker process per (thread count, library) (``worker.py``) with its thread
-environment, gather the timings and float64 meta-gradients, check that the
+environment (``--rounds N``: N per library, in alternating order, their repeats
+pooled), gather the timings and float64 meta-gradients, check that the
 gradients agree (``agreement.py``), and write the report (``report.py``)
 and the raw results (``--json``). Exits 1 when a gradient disagrees or a
 cell fails, after writing the report, so that ``make bench`` fails loudly.
@@ -77,6 +78,34 @@ def run_worker(library, threads, config_path, out_prefix):
     return result, grads
 
 
+def worker_order(libraries, rounds):
+    """The order the workers of one thread count run in: the libraries, then (from the second round)
+    reversed, forward, ... -- A B C C B A for two rounds, so that a load drifting during the run
+    weighs on every library alike."""
+    return [lib for r in range(rounds) for lib in (libraries if r % 2 == 0 else libraries[::-1])]
+
+
+def merge_rounds(results: list) -> dict:
+    """One worker record from the records of its rounds: each cell's timing pools the repeats of
+    every round (``timing.summarise``); a round that failed, or a cell that did not run in every
+    round, makes the record (or the cell) the failing one."""
+    failed = [r for r in results if r.get("status") != "ok"]
+    if failed or len(results) == 1:
+        return failed[0] if failed else results[0]
+    merged = {**results[0], "rounds": len(results), "wall_s": sum(r.get("wall_s", 0.0) for r in results)}
+    cells = []
+    for group in zip(*(r["cells"] for r in results)):
+        bad = [c for c in group if c.get("status") != "ok" or "timing" not in c]
+        if bad:
+            cells.append(bad[0])
+            continue
+        samples = [x for c in group for x in c["timing"]["samples"]]
+        cells.append({**group[0], "timing": timing.summarise(samples, [c["timing"]["cpu_per_wall"] for c in group],
+                                                             sum(c["timing"]["number"] for c in group))})
+    merged["cells"] = cells
+    return merged
+
+
 def measure_peaks(threads_list, quick, flags):
     """Matmul GFLOP/s for each thread count, with OpenBLAS's own kernel choice and each forced one."""
     n, repeats = (1024, 3) if quick else (2048, 5)
@@ -132,11 +161,16 @@ def parse_args(argv):
     parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every library's worker this many times, in alternating order (A B C C B A "
+                             "for 2), and pool their repeats: ratios robust to a load that drifts (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "last_run.json"),
                         help="raw results (timings, agreement, machine); '' for none")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     usable = len(os.sched_getaffinity(0))
     if any(t < 1 or t > usable for t in args.threads):
         parser.error(f"--threads must lie in 1..{usable} (the CPUs this process may use), got {args.threads}")
@@ -164,15 +198,19 @@ def main(argv=None) -> int:
         config.write_text(json.dumps({"workloads": [w.name for w in args.selected], "dtypes": args.dtypes,
                                       "seed": args.seed, "settings": settings.__dict__}))
         for threads in args.threads:
-            for library in args.libraries:
-                result, g = run_worker(library, threads, config, Path(tmp) / f"{library}-{threads}")
-                workers.append(result)
-                grads.append(g)
+            runs = {library: [] for library in args.libraries}
+            for k, library in enumerate(worker_order(args.libraries, args.rounds)):
+                runs[library].append(run_worker(library, threads, config, Path(tmp) / f"{library}-{threads}-{k}"))
+            for library in args.libraries:  # the gradients do not depend on the round: the first is kept
+                workers.append(merge_rounds([result for result, _ in runs[library]]))
+                grads.append(runs[library][0][1])
     names = [w.name for w in args.selected]
     agree = check_agreement(workers, grads, names)
     failures = failures_of(workers, agree)
     results = {"date": started.isoformat(timespec="seconds"), "command": command, "quick": args.quick,
-               "settings": settings.__dict__, "seed": args.seed, "dtypes": args.dtypes, "threads": args.threads,
+               "settings": settings.__dict__, "seed": args.seed, "rounds": args.rounds,
+               "worker_order": worker_order(args.libraries, args.rounds), "dtypes": args.dtypes,
+               "threads": args.threads,
                "libraries": args.libraries, "workloads": names, "machine": info, "peaks": peaks,
                "workers": workers, "agreement": agree, "failures": failures,
                "elapsed_s": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),

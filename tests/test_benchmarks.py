@@ -289,3 +289,49 @@ def test_warm_up_lasts_its_calls_and_its_seconds_before_any_block():
     warm = 1 + 8  # the first call, then 1/8 s of 1/64 s calls (more than the 3 calls asked for)
     assert summary["number"] == 2 and summary["median"] == 1 / 64
     assert len(calls) == warm + 1 + 2 * 2  # warm-up, calibration, 2 blocks of 2
+
+
+def test_rounds_alternate_the_library_order_and_pool_their_repeats():
+    """--rounds 2 runs A B C C B A per thread count; each cell's timing pools both rounds' repeats;
+    a round that failed, or a cell that failed in one round, is what the merged record shows."""
+    from benchmarks import run, timing
+
+    assert run.worker_order(["tinymeta", "torch", "jax"], 2) == ["tinymeta", "torch", "jax", "jax", "torch", "tinymeta"]
+    assert run.worker_order(["a", "b"], 3) == ["a", "b", "b", "a", "a", "b"]
+    assert run.worker_order(["a", "b"], 1) == ["a", "b"]
+
+    def record(samples, status="ok"):
+        cell = {"impl": "tinymeta", "workload": "w", "dtype": "float32", "status": status}
+        if status == "ok":
+            cell["timing"] = timing.summarise(samples, [1.0], 10)
+        return {"library": "tinymeta", "threads": 1, "status": "ok", "cells": [cell], "wall_s": 2.0}
+
+    fast, slow = record([1.0, 1.1, 1.2]), record([3.0, 3.1, 3.2])
+    merged = run.merge_rounds([fast, slow])
+    t = merged["cells"][0]["timing"]
+    assert merged["rounds"] == 2 and merged["wall_s"] == 4.0 and t["number"] == 20
+    assert sorted(t["samples"]) == [1.0, 1.1, 1.2, 3.0, 3.1, 3.2] and t["median"] == pytest.approx(2.1)
+    assert t["min"] == 1.0 and t["max"] == 3.2
+    assert run.merge_rounds([fast]) is fast
+    broken = record([], status="error")
+    assert run.merge_rounds([fast, broken])["cells"][0]["status"] == "error"
+    dead = {"library": "tinymeta", "threads": 1, "status": "error", "note": "boom"}
+    assert run.merge_rounds([fast, dead]) is dead
+
+
+def test_run_with_two_rounds_calls_the_workers_in_alternating_order(monkeypatch, tmp_path):
+    from benchmarks import run
+
+    calls = []
+
+    def fake_worker(library, threads, config_path, out_prefix):
+        calls.append((threads, library))
+        return {"library": library, "threads": threads, "status": "not installed"}, {}
+
+    monkeypatch.setattr(run, "run_worker", fake_worker)
+    monkeypatch.setattr(run, "measure_peaks", lambda *a: {})
+    out = tmp_path / "B.md"
+    run.main(["--quick", "--workloads", "sinusoid-maml1", "--libraries", "tinymeta", "jax",
+              "--threads", "1", "--rounds", "2", "--output", str(out), "--json", ""])
+    assert calls == [(1, "tinymeta"), (1, "jax"), (1, "jax"), (1, "tinymeta")]
+    assert "in the order tinymeta jax jax tinymeta" in out.read_text()
