@@ -294,7 +294,7 @@ def test_warm_up_lasts_its_calls_and_its_seconds_before_any_block():
 def test_rounds_alternate_the_library_order_and_pool_their_repeats():
     """--rounds 2 runs A B C C B A per thread count; each cell's timing pools both rounds' repeats;
     a round that failed, or a cell that failed in one round, is what the merged record shows."""
-    from benchmarks import run, timing
+    from benchmarks import run
 
     assert run.worker_order(["tinymeta", "torch", "jax"], 2) == ["tinymeta", "torch", "jax", "jax", "torch", "tinymeta"]
     assert run.worker_order(["a", "b"], 3) == ["a", "b", "b", "a", "a", "b"]

@@ -16,7 +16,8 @@ row-parameter products always do (an Omniglot meta-batch: ~1e9); calls below
 ``TUNE_MIN_WORK`` never do (a fork/join costs more than they hold). In
 between -- a sinusoid MAML meta-batch of 25 tasks is ~9e5 -- it depends on
 the machine and its load, so ``ThreadChoice`` times both and keeps the
-faster (``meta_loss_and_grad`` and ``batched_adapt``, per shape). On the shared 2-core development machine such a meta-batch ran
+faster (``meta_loss_and_grad`` and ``batched_adapt``, per shape). On the
+shared 2-core development machine such a meta-batch ran
 1.4-1.9x faster on 2 threads called back to back, and 20 000 training
 iterations took 11.5-14 s on 2 threads against 16-17 s on 1 -- but one run
 took 31 s on 2 threads (and a 70 000-iteration run 81 s against 57 s),
@@ -194,7 +195,7 @@ def meta_loss_and_grad(net, theta, batch, precond, steps, first_order=False, pre
     if not precond_grad:  # empty d_precond accumulators (the last workspace): the kernel skips that gradient
         workspaces = workspaces[:-1] + (workspaces[-1][:, :0],)
     work = T * (max(K, 1) * n + nq) * theta.shape[0]
-    threaded = plan.threads.choose(time.perf_counter()) if _tuned(work) else _parallel(work)
+    threaded = plan.threaded(work)
     kernel = meta_batch_kernel if threaded else meta_batch_serial
     loss = kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, *plan.layout, K, bool(first_order), *workspaces,
                   d_theta, d_precond)
@@ -209,6 +210,11 @@ class _Plan(NamedTuple):
     layout: tuple
     workspaces: tuple
     threads: ThreadChoice
+
+    def threaded(self, work) -> bool:
+        """Whether a call of ``work`` row-parameter products runs on all threads: measured by
+        ``threads`` in the tuned range, else fixed by the size (see the module docstring)."""
+        return self.threads.choose(time.perf_counter()) if _tuned(work) else _parallel(work)
 
 
 @lru_cache(maxsize=4)  # an Omniglot 20-way plan holds ~200 MB
@@ -302,7 +308,7 @@ def batched_adapt(net, theta, X_support, y_support, precond, steps, batch_size=N
     P = theta.shape[0]
     plan = _adapt_plan(net, T, n, nq, b, threading.get_ident())
     work = T * (max(int(steps), 1) * b + nq) * P
-    threaded = plan.threads.choose(time.perf_counter()) if _tuned(work) else _parallel(work)
+    threaded = plan.threaded(work)
     adapted = np.empty((T, P), dtype=theta.dtype)
     diverged_at = np.empty(T, dtype=np.int64)
     query_loss = np.full(T, np.nan)
