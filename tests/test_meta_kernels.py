@@ -356,12 +356,14 @@ def test_batched_evaluation_scores_equal_task_by_task(algo, loss, rng, monkeypat
 
 
 # ------------------------------------------------------- ProtoNet episodes
-@pytest.mark.parametrize("shots, n_way, T", [(1, 5, 1), (5, 5, 7), (2, 3, 4)])
+@pytest.mark.parametrize("shots, n_way, T, batchnorm", [(1, 5, 1, False), (5, 5, 7, False), (2, 3, 4, False),
+                                                      (2, 3, 4, True), (1, 5, 1, True)])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_batched_protonet_episodes_match_episode_by_episode(shots, n_way, T, dtype, rng):
+def test_batched_protonet_episodes_match_episode_by_episode(shots, n_way, T, batchnorm, dtype, rng):
+    """With batch norm too: an episode is normalised with its own statistics, never the batch's."""
     from tinymeta.algorithms import embedding, protonet
 
-    net = tm.MLP((20, 16, 8), activation="relu", loss="mse", dtype=dtype)
+    net = tm.MLP((20, 16, 8), activation="relu", loss="mse", dtype=dtype, batchnorm=batchnorm)
     theta = net.init(rng)
     ys = np.tile(np.repeat(np.arange(n_way), shots), (T, 1))
     yq = rng.integers(0, n_way, (T, 6))

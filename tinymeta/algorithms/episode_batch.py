@@ -16,6 +16,12 @@ gradient in NumPy, and pulls them back in one backward pass
 (``net.forward_and_vjp``: the pull-back reuses the forward pass instead of
 running it again, as ``net.vjp`` would). It computes what
 ``embedding.batch_mean`` computes (tests pin the two together).
+
+With batch norm (``net.batchnorm``) an episode's rows are normalised with
+that episode's statistics (its support and query rows, as ``embedding.embed``
+and every evaluation see them), so a pass over rows of several episodes would
+compute another loss: there the episodes go through the network one at a
+time.
 """
 from __future__ import annotations
 
@@ -48,6 +54,17 @@ def batch_mean_on_embeddings(net, theta, batch, embedding_loss_and_grad):
             raise ValueError(f"every episode of batch must have the same number of ways: episode 0 is "
                              f"{episodes[0][4]}-way, episode {i} is {episode[4]}-way "
                              f"(y_support labels 0..{episode[4] - 1})")
+    passes = [episodes] if not net.batchnorm else [[episode] for episode in episodes]
+    total, grad = 0.0, None
+    for stacked in passes:
+        loss, g = _summed_over(net, theta, stacked, embedding_loss_and_grad)
+        total, grad = total + loss, g if grad is None else grad + g
+    T = batch.n_tasks
+    return total / T, grad / T
+
+
+def _summed_over(net, theta, episodes, embedding_loss_and_grad):
+    """Sum of the episodes' losses and of their gradients, from one pass over their stacked rows."""
     X = np.concatenate([a for Xs, _, Xq, _, _ in episodes for a in (Xs, Xq)])
     E, pullback = net.forward_and_vjp(theta, X)
     dE = np.empty_like(E)
@@ -57,5 +74,4 @@ def batch_mean_on_embeddings(net, theta, batch, embedding_loss_and_grad):
         loss, dE[start:mid], dE[mid:end] = embedding_loss_and_grad(E[start:mid], ys, E[mid:end], yq, n_way)
         total += loss
         start = end
-    T = batch.n_tasks
-    return total / T, pullback(dE) / T
+    return total, pullback(dE)
