@@ -94,21 +94,26 @@ def test_batchnorm_kernels_match_the_normalisation_functions(rng):
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_large_calls_go_to_blas_and_agree_with_the_kernels(batchnorm, rng, monkeypatch):
     """From ``BLAS_MIN_WORK`` row-weight products on, the Numba backend hands every public function
-    to ``reference.py``; the shapes alone decide, and both paths give the same numbers."""
-    from tinymeta.nn import numba_backend, reference
+    to ``blas_passes.py`` (``reference.py`` for jvp, hvp and batch norm); the shapes alone decide,
+    and the paths give the same numbers."""
+    from tinymeta.nn import blas_passes, numba_backend, reference
 
     net = tm.MLP((6, 9, 7, 3), activation="tanh", loss="xent", backend="numba", batchnorm=batchnorm)
     theta, X, y = random_problem(net, rng, n=11)
     v, dout = rng.standard_normal(net.n_params), rng.standard_normal((11, 3))
     calls = []
-    real = reference.forward_pass
-    monkeypatch.setattr(reference, "forward_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for module, name in ((reference, "forward_pass"), (blas_passes, "_forward")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     monkeypatch.setattr(numba_backend, "BLAS_MIN_WORK", 11 * net.n_params + 1)  # one row short of it
     kernels = _all_outputs(net, theta, X, y, v, dout)
     assert calls == []
     monkeypatch.setattr(numba_backend, "BLAS_MIN_WORK", 11 * net.n_params)
     blas = _all_outputs(net, theta, X, y, v, dout)
-    assert len(calls) == 10  # each of the ten calls of _all_outputs, once
+    # each of the ten calls of _all_outputs once: forward, loss, loss_and_grad (2) and vjp (2) on the
+    # BLAS passes, jvp (2) and hvp (2) on the reference; everything on the reference with batch norm
+    want = {"forward_pass": 10} if batchnorm else {"forward_pass": 4, "_forward": 6}
+    assert {name: calls.count(name) for name in set(calls)} == want
     for key in kernels:
         assert np.shape(blas[key]) == np.shape(kernels[key]), key
         assert rel_error(blas[key], kernels[key]) <= TOL["float64"], key

@@ -8,15 +8,17 @@ kernel allocates. Inputs are assumed validated (``MLP`` does that).
 Large calls go to NumPy's BLAS instead (DESIGN.md section 7: on large
 layers, BLAS is the roofline): from ``BLAS_MIN_WORK`` row-weight products
 on (a ProtoNet meta-batch of 32 episodes of 100 Omniglot images is ~8e8),
-every public function here hands the call to its twin in ``reference.py``,
-whose matrix products are BLAS calls. The two agree to rounding
-(``tests/test_backends.py``); which one runs depends only on the shapes, so
-the same inputs always give the same bits.
+every public function here hands the call to its twin in ``blas_passes.py``
+(BLAS products into workspaces reused from call to call), or in
+``reference.py`` for ``jvp``, ``hvp`` and batch-normalised nets. They agree
+with the kernels to rounding (``tests/test_backends.py``); which one runs
+depends only on the shapes, so the same inputs always give the same bits.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import blas_passes
 from . import bn_kernels as BK
 from . import kernels as K
 from . import reference
@@ -96,25 +98,30 @@ BLAS_MIN_WORK = 20_000_000  # rows x weights of a call from which NumPy's BLAS i
 
 
 def _blas(net, X) -> bool:
-    """Whether ``X`` on ``net`` is a call for BLAS (``reference.py``) rather than the kernels."""
+    """Whether ``X`` on ``net`` is a call for BLAS (``_large``) rather than the kernels."""
     return X.shape[0] * net.n_params >= BLAS_MIN_WORK
+
+
+def _large(net):
+    """The module that runs a large call: ``blas_passes``, or ``reference`` for a batch-normalised net."""
+    return reference if net.batchnorm else blas_passes
 
 
 def forward(net, theta, X):
     if _blas(net, X):
-        return reference.forward(net, theta, X)
+        return _large(net).forward(net, theta, X)
     return _forward(net, theta, X).out(net).copy()
 
 
 def loss(net, theta, X, y):
     if _blas(net, X):
-        return reference.loss(net, theta, X, y)
+        return _large(net).loss(net, theta, X, y)
     return float(_loss_into(net, _forward(net, theta, X), y))
 
 
 def loss_and_grad(net, theta, X, y, input_grad=False):
     if _blas(net, X):
-        return reference.loss_and_grad(net, theta, X, y, input_grad)
+        return _large(net).loss_and_grad(net, theta, X, y, input_grad)
     ws = _forward(net, theta, X)
     value = _loss_into(net, ws, y)
     grad = np.empty_like(theta)
@@ -129,7 +136,7 @@ def vjp(net, theta, X, dout, input_grad=False):
 
 def forward_and_vjp(net, theta, X):
     if _blas(net, X):
-        return reference.forward_and_vjp(net, theta, X)
+        return _large(net).forward_and_vjp(net, theta, X)
     ws = _forward(net, theta, X)
 
     def pullback(dout, input_grad=False):  # reads ws.H, ws.Z; ws.D is scratch: may be called again
