@@ -93,9 +93,9 @@ def test_batchnorm_kernels_match_the_normalisation_functions(rng):
 
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_large_calls_go_to_blas_and_agree_with_the_kernels(batchnorm, rng, monkeypatch):
-    """From ``BLAS_MIN_WORK`` row-weight products on, the Numba backend hands every public function
-    to ``blas_passes.py`` (``reference.py`` for jvp, hvp and batch norm); the shapes alone decide,
-    and the paths give the same numbers."""
+    """From ``BLAS_MIN_WORK`` row-weight products on, the Numba backend hands forward and backward
+    passes to ``blas_passes.py``, and from ``REFERENCE_MIN_WORK`` on jvp, hvp and batch norm to
+    ``reference.py``; the shapes alone decide, and the paths give the same numbers."""
     from tinymeta.nn import blas_passes, numba_backend, reference
 
     net = tm.MLP((6, 9, 7, 3), activation="tanh", loss="xent", backend="numba", batchnorm=batchnorm)
@@ -105,10 +105,12 @@ def test_large_calls_go_to_blas_and_agree_with_the_kernels(batchnorm, rng, monke
     for module, name in ((reference, "forward_pass"), (blas_passes, "_forward")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
-    monkeypatch.setattr(numba_backend, "BLAS_MIN_WORK", 11 * net.n_params + 1)  # one row short of it
+    for threshold in ("BLAS_MIN_WORK", "REFERENCE_MIN_WORK"):
+        monkeypatch.setattr(numba_backend, threshold, 11 * net.n_params + 1)  # one row short of it
     kernels = _all_outputs(net, theta, X, y, v, dout)
     assert calls == []
-    monkeypatch.setattr(numba_backend, "BLAS_MIN_WORK", 11 * net.n_params)
+    for threshold in ("BLAS_MIN_WORK", "REFERENCE_MIN_WORK"):
+        monkeypatch.setattr(numba_backend, threshold, 11 * net.n_params)
     blas = _all_outputs(net, theta, X, y, v, dout)
     # each of the ten calls of _all_outputs once: forward, loss, loss_and_grad (2) and vjp (2) on the
     # BLAS passes, jvp (2) and hvp (2) on the reference; everything on the reference with batch norm
@@ -117,8 +119,19 @@ def test_large_calls_go_to_blas_and_agree_with_the_kernels(batchnorm, rng, monke
     for key in kernels:
         assert np.shape(blas[key]) == np.shape(kernels[key]), key
         assert rel_error(blas[key], kernels[key]) <= TOL["float64"], key
-    assert (numba_backend._blas(net, np.empty((10**6, 0))) and
-            not numba_backend._blas(net, np.empty((1, 0))))  # the real threshold sits in between (only the rows count)
+
+
+def test_the_real_thresholds():
+    """Where the shapes send a call with the thresholds as shipped (no data is touched)."""
+    from tinymeta.nn import blas_passes, numba_backend as nb, reference
+
+    sinusoid, omniglot = tm.MLP((1, 40, 40, 1)), tm.MLP((784, 256, 128, 64, 64, 5))
+    rows = lambda n: np.empty((n, 0))  # noqa: E731
+    assert nb._large(sinusoid, rows(10)) is None and nb._large(sinusoid, rows(100)) is blas_passes
+    assert nb._large(omniglot, rows(1)) is None and nb._large(omniglot, rows(2)) is blas_passes
+    assert nb._large(omniglot.replace(batchnorm=True), rows(80)) is None
+    assert nb._large(omniglot.replace(batchnorm=True), rows(3200)) is reference
+    assert not nb._reference(omniglot, rows(80)) and nb._reference(omniglot, rows(3200))
 
 
 @pytest.mark.parametrize("batchnorm", [False, True])
@@ -132,6 +145,7 @@ def test_forward_and_vjp_is_forward_then_vjp_bit_for_bit(backend, batchnorm, rng
     dout = rng.standard_normal((11, 3))
     for threshold in (11 * net.n_params + 1, 11 * net.n_params):  # kernels, then BLAS (Numba backend)
         monkeypatch.setattr(numba_backend, "BLAS_MIN_WORK", threshold)
+        monkeypatch.setattr(numba_backend, "REFERENCE_MIN_WORK", threshold)
         out, pullback = net.forward_and_vjp(theta, X)
         assert np.array_equal(out, net.forward(theta, X))
         assert np.array_equal(pullback(dout), net.vjp(theta, X, dout))

@@ -5,14 +5,15 @@ net with ``batchnorm=True``).
 Workspaces are allocated once per call and handed to the kernels; no
 kernel allocates. Inputs are assumed validated (``MLP`` does that).
 
-Large calls go to NumPy's BLAS instead (DESIGN.md section 7: on large
+Larger calls go to NumPy's BLAS instead (DESIGN.md section 7: on large
 layers, BLAS is the roofline): from ``BLAS_MIN_WORK`` row-weight products
-on (a ProtoNet meta-batch of 32 episodes of 100 Omniglot images is ~8e8),
-every public function here hands the call to its twin in ``blas_passes.py``
-(BLAS products into workspaces reused from call to call), or in
-``reference.py`` for ``jvp``, ``hvp`` and batch-normalised nets. They agree
-with the kernels to rounding (``tests/test_backends.py``); which one runs
-depends only on the shapes, so the same inputs always give the same bits.
+on (two rows of the Omniglot net; a ProtoNet meta-batch of 32 episodes of
+100 Omniglot images is ~8e8), the forward and backward passes go to their
+twins in ``blas_passes.py`` (BLAS products into workspaces reused from call
+to call); from ``REFERENCE_MIN_WORK`` on, ``jvp``, ``hvp`` and
+batch-normalised nets go to ``reference.py``. They agree with the kernels to
+rounding (``tests/test_backends.py``); which one runs depends only on the
+shapes, so the same inputs always give the same bits.
 """
 from __future__ import annotations
 
@@ -94,34 +95,45 @@ def _loss_into(net, ws, y):
 
 
 # ----------------------------------------------------- the public contract
-BLAS_MIN_WORK = 20_000_000  # rows x weights of a call from which NumPy's BLAS is faster than the kernels
+BLAS_MIN_WORK = 100_000  # rows x weights from which forward and backward passes go to blas_passes.py
+BLAS_MIN_ROWS = 2  # on one row BLAS's weight gradient is an outer product, slower than the kernels
+REFERENCE_MIN_WORK = 20_000_000  # rows x weights from which jvp, hvp and batch norm go to reference.py
 
 
-def _blas(net, X) -> bool:
-    """Whether ``X`` on ``net`` is a call for BLAS (``_large``) rather than the kernels."""
-    return X.shape[0] * net.n_params >= BLAS_MIN_WORK
+def _large(net, X):
+    """The module that runs ``X`` on ``net`` if not the kernels: ``blas_passes``, ``reference``
+    (batch norm), or None. Measured (1 thread, ``tinymeta train``'s nets): the BLAS passes are
+    faster than the kernels from ~1e5 rows x weights (40-60 rows of the sinusoid net, 2 rows of
+    the Omniglot net) and 3-5x faster from 25 rows of the Omniglot net on."""
+    work = X.shape[0] * net.n_params
+    if net.batchnorm:
+        return reference if work >= REFERENCE_MIN_WORK else None
+    return blas_passes if X.shape[0] >= BLAS_MIN_ROWS and work >= BLAS_MIN_WORK else None
 
 
-def _large(net):
-    """The module that runs a large call: ``blas_passes``, or ``reference`` for a batch-normalised net."""
-    return reference if net.batchnorm else blas_passes
+def _reference(net, X) -> bool:
+    """Whether ``jvp`` or ``hvp`` of ``X`` on ``net`` goes to ``reference.py`` (fresh NumPy arrays)."""
+    return X.shape[0] * net.n_params >= REFERENCE_MIN_WORK
 
 
 def forward(net, theta, X):
-    if _blas(net, X):
-        return _large(net).forward(net, theta, X)
+    large = _large(net, X)
+    if large is not None:
+        return large.forward(net, theta, X)
     return _forward(net, theta, X).out(net).copy()
 
 
 def loss(net, theta, X, y):
-    if _blas(net, X):
-        return _large(net).loss(net, theta, X, y)
+    large = _large(net, X)
+    if large is not None:
+        return large.loss(net, theta, X, y)
     return float(_loss_into(net, _forward(net, theta, X), y))
 
 
 def loss_and_grad(net, theta, X, y, input_grad=False):
-    if _blas(net, X):
-        return _large(net).loss_and_grad(net, theta, X, y, input_grad)
+    large = _large(net, X)
+    if large is not None:
+        return large.loss_and_grad(net, theta, X, y, input_grad)
     ws = _forward(net, theta, X)
     value = _loss_into(net, ws, y)
     grad = np.empty_like(theta)
@@ -135,8 +147,9 @@ def vjp(net, theta, X, dout, input_grad=False):
 
 
 def forward_and_vjp(net, theta, X):
-    if _blas(net, X):
-        return _large(net).forward_and_vjp(net, theta, X)
+    large = _large(net, X)
+    if large is not None:
+        return large.forward_and_vjp(net, theta, X)
     ws = _forward(net, theta, X)
 
     def pullback(dout, input_grad=False):  # reads ws.H, ws.Z; ws.D is scratch: may be called again
@@ -160,13 +173,13 @@ def _tangent_forward(net, theta, X, v, X_dot):
 
 
 def jvp(net, theta, X, v, X_dot=None):
-    if _blas(net, X):
+    if _reference(net, X):
         return reference.jvp(net, theta, X, v, X_dot)
     return _tangent_forward(net, theta, X, v, X_dot).out_dot(net).copy()
 
 
 def hvp(net, theta, X, y, v, X_dot=None, input_grad=False):
-    if _blas(net, X):
+    if _reference(net, X):
         return reference.hvp(net, theta, X, y, v, X_dot, input_grad)
     sizes, act = _sizes(net), _act(net)
     ws = _tangent_forward(net, theta, X, v, X_dot)
