@@ -72,7 +72,7 @@ def test_workspaces_are_reused_and_given_back(rng, blas_for_every_call):
     first = net.forward(theta, X)
     (ws,) = blas_passes._pool[key]
     assert np.array_equal(net.forward(theta, X), first) and blas_passes._pool[key] == [ws]  # taken, given back
-    out, pullback = net.forward_and_vjp(theta, X)
+    _, pullback = net.forward_and_vjp(theta, X)
     assert blas_passes._pool[key] == []  # the pullback holds it
     del pullback
     gc.collect()

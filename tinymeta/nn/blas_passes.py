@@ -3,9 +3,9 @@
 From ``numba_backend.BLAS_MIN_WORK`` row-weight products on (two rows of
 the Omniglot net, 60 of the sinusoid net), a pass over the net is a few
 matrix products that NumPy's BLAS does faster than the kernels' loops (3-5x
-from 25 rows of the Omniglot net on). The passes
-here are ``reference.py``'s forward and backward pass with every array
-written in place:
+on one core from 25 rows of the Omniglot net on). The passes here are
+``reference.py``'s forward and backward pass with every array written in
+place:
 
 * the products go to BLAS into existing arrays (``np.matmul(..., out=...)``,
   the same BLAS call as ``@``);
