@@ -67,13 +67,14 @@ def _key(net, n):
 
 
 def _take(net, n):
-    """A free workspace for ``n`` rows of ``net`` from the pool, or a new one."""
+    """``(key, workspace)``: a free workspace for ``n`` rows of ``net`` from the pool, or a new one,
+    and the key that ``_give_back`` files it under."""
     key = _key(net, n)
     with _lock:
         free = _pool.get(key)
         if free:
-            return free.pop()
-    return _Workspace(net, n)
+            return key, free.pop()
+    return key, _Workspace(net, n)
 
 
 def _give_back(key, ws):
@@ -88,11 +89,11 @@ def _give_back(key, ws):
 
 @contextmanager
 def _workspace(net, n):
-    ws = _take(net, n)
+    key, ws = _take(net, n)
     try:
         yield ws
     finally:
-        _give_back(_key(net, n), ws)
+        _give_back(key, ws)
 
 
 # ----------------------------------------------------------------- passes
@@ -151,10 +152,10 @@ def loss_and_grad(net, theta, X, y, input_grad=False):
 
 def forward_and_vjp(net, theta, X):
     """``(f(X; theta), pullback)``; the pullback keeps the pass's workspace until it is garbage."""
-    ws = _take(net, X.shape[0])
+    key, ws = _take(net, X.shape[0])
     out = _forward(net, theta, X, ws).copy()
 
     def pullback(dout, input_grad=False):
         return _backward(net, theta, X, ws, dout, input_grad)
-    weakref.finalize(pullback, _give_back, _key(net, X.shape[0]), ws)
+    weakref.finalize(pullback, _give_back, key, ws)
     return out, pullback
