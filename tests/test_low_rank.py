@@ -1,0 +1,174 @@
+"""The one-step stacked / low-rank meta-batch (algorithms/low_rank.py) against the per-task
+reference loops of inner_loop.py (1e-12 relative in float64), finite differences of the
+meta-objective, and where inner_loop.meta_loss_and_grad sends a call."""
+import threading
+
+import numpy as np
+import pytest
+
+import tinymeta as tm
+from tinymeta import gradcheck as gc
+from tinymeta.algorithms import anil, inner_loop, low_rank, maml, meta_batch
+
+TOL64 = 1e-12
+SHAPES = [  # (sizes, activation, loss)
+    ((784, 20, 12, 5), "relu", "xent"),  # a small Omniglot-like classifier
+    ((3, 8, 6, 4), "tanh", "xent"),
+    ((1, 40, 40, 1), "relu", "mse"),  # the sinusoid net
+    ((4, 7, 6, 5, 2), "sigmoid", "mse"),
+    ((4, 9, 3), "softplus", "xent"),
+    ((5, 3), "tanh", "mse"),  # one affine layer: no hidden activation
+]
+
+
+def _batch(net, rng, T, K=5, Q=6):
+    d_in, d_out = net.sizes[0], net.sizes[-1]
+    Xs = rng.standard_normal((T, K, d_in)).astype(net.dtype)
+    Xq = rng.standard_normal((T, Q, d_in)).astype(net.dtype)
+    if net.loss_name == "xent":
+        return tm.TaskBatch(Xs, rng.integers(0, d_out, (T, K)), Xq, rng.integers(0, d_out, (T, Q)))
+    return tm.TaskBatch(Xs, rng.standard_normal((T, K, d_out)).astype(net.dtype), Xq,
+                        rng.standard_normal((T, Q, d_out)).astype(net.dtype))
+
+
+def _precond(net, rng, kind):
+    """MAML's one step size; per-layer weight steps with any bias steps; ANIL's head-only step."""
+    if kind == "maml":
+        return np.full(net.n_params, 0.05, dtype=net.dtype)
+    if kind == "anil":
+        return (0.3 * anil.head_mask(net)).astype(net.dtype)
+    precond = rng.uniform(-0.02, 0.1, net.n_params)  # the biases: a vector, signs mixed
+    for l, (d_in, d_out) in enumerate(zip(net.sizes[:-1], net.sizes[1:])):
+        start = net.layer_offsets[l]
+        precond[start:start + d_in * d_out] = rng.uniform(0.01, 0.1)
+    return precond.astype(net.dtype)
+
+
+def _problem(sizes, activation, loss, rng, T=7, dtype="float64", K=5, Q=6):
+    net = tm.MLP(sizes, activation=activation, loss=loss, dtype=dtype)
+    theta = (net.init(rng) + 0.1 * rng.standard_normal(net.n_params)).astype(dtype)
+    return net, theta, _batch(net, rng, T, K, Q)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("sizes, activation, loss", SHAPES)
+@pytest.mark.parametrize("kind", ["maml", "per_layer", "anil"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_matches_reference_in_float64(sizes, activation, loss, kind, first_order, rng):
+    net, theta, batch = _problem(sizes, activation, loss, rng)
+    precond = _precond(net, rng, kind)
+    got = low_rank.meta_loss_and_grad(net, theta, batch, precond, first_order)
+    want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, 1, first_order)
+    assert gc.rel_error(got[0], want[0]) <= TOL64
+    assert gc.rel_error(got[1], want[1]) <= TOL64
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_float32_matches_float64(first_order, rng):
+    net, theta, batch = _problem((784, 20, 12, 5), "tanh", "xent", rng)
+    net32 = tm.MLP(net.sizes, activation="tanh", loss="xent", dtype="float32")
+    batch32 = tm.TaskBatch(*(a.astype(np.float32) if a.dtype.kind == "f" else a for a in batch))
+    precond = _precond(net, rng, "maml")
+    got = low_rank.meta_loss_and_grad(net32, theta.astype(np.float32), batch32, precond.astype(np.float32),
+                                      first_order)
+    want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, 1, first_order)
+    assert got[1].dtype == np.float32
+    assert gc.rel_error(got[0], want[0]) <= gc.FLOAT32_TOL
+    assert gc.rel_error(got[1], want[1]) <= gc.FLOAT32_TOL
+
+
+@pytest.mark.parametrize("loss", ["mse", "xent"])
+def test_meta_gradient_matches_finite_differences(loss, rng):
+    net, theta, batch = _problem((6, 12, 10, 3), "tanh", loss, rng, T=3)
+    precond = _precond(net, rng, "per_layer")
+
+    def meta_loss(t):
+        return inner_loop.reference_meta_loss_and_grad(net, t, batch, precond, 1)[0]
+
+    _, grad = low_rank.meta_loss_and_grad(net, theta, batch, precond)
+    assert gc.rel_error(grad, gc.numerical_gradient(meta_loss, theta)) < gc.FD_TOL
+
+
+def test_workspaces_carry_nothing_between_calls(rng):
+    """A call on other data between two calls on the same data changes nothing (the
+    workspaces of a shape are reused), and no input is written."""
+    net, theta, batch = _problem((784, 20, 12, 5), "relu", "xent", rng)
+    other = _batch(net, rng, 7)
+    precond = _precond(net, rng, "maml")
+    copies = [a.copy() for a in (theta, precond, *batch)]
+    first = low_rank.meta_loss_and_grad(net, theta, batch, precond)
+    low_rank.meta_loss_and_grad(net, theta + 0.5, other, precond)
+    again = low_rank.meta_loss_and_grad(net, theta, batch, precond)
+    assert first[0] == again[0] and np.array_equal(first[1], again[1])
+    assert all(np.array_equal(a, b) for a, b in zip(copies, (theta, precond, *batch)))
+
+
+def test_two_threads_get_the_serial_results(rng):
+    net, theta, batch = _problem((784, 20, 12, 5), "tanh", "xent", rng)
+    precond = _precond(net, rng, "maml")
+    thetas = [theta + 0.01 * i for i in range(2)]
+    want = [low_rank.meta_loss_and_grad(net, t, batch, precond) for t in thetas]
+    got = [None, None]
+
+    def run(i):
+        for _ in range(20):
+            got[i] = low_rank.meta_loss_and_grad(net, thetas[i], batch, precond)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for g, w in zip(got, want):
+        assert g[0] == w[0] and np.array_equal(g[1], w[1])
+
+
+def test_what_it_takes(rng, monkeypatch):
+    monkeypatch.setattr(low_rank, "MIN_WORK", 0)
+    net, theta, batch = _problem((40, 30, 3), "tanh", "xent", rng)
+    precond = _precond(net, rng, "per_layer")
+    assert low_rank.applies(net, batch, precond, 1, False)
+    assert not low_rank.applies(net, batch, precond, 2, False)  # one step only
+    assert not low_rank.applies(net, batch, precond, 0, False)
+    assert not low_rank.applies(net, batch, precond, 1, True)  # no gradient wrt precond
+    metasgd = rng.uniform(0.01, 0.1, net.n_params)  # a step per weight
+    assert not low_rank.applies(net, batch, metasgd, 1, False)
+    assert not low_rank.applies(net, batch, precond[:-1], 1, False)
+    for other in (tm.MLP(net.sizes, activation="tanh", loss="xent", backend="numpy"),
+                  tm.MLP(net.sizes, activation="tanh", loss="xent", batchnorm=True)):
+        assert not low_rank.applies(other, batch, np.full(other.n_params, 0.1), 1, False)
+    assert not low_rank.applies(net, tm.TaskBatch(*(a[:1] for a in batch)), precond, 1, False)  # one task
+    wide = _batch(net, rng, 7, K=40)  # 40 support rows: the rank-40 terms cost more than the matrices
+    assert low_rank._saving(net, 40) < low_rank.MIN_SAVING <= low_rank._saving(net, 5)
+    assert not low_rank.applies(net, wide, precond, 1, False)
+    with pytest.raises(ValueError, match="one step size per weight matrix"):
+        low_rank.meta_loss_and_grad(net, theta, batch, metasgd)
+
+
+def test_the_shipped_thresholds(rng):
+    """The benchmark's Omniglot meta-batches take this path; one Omniglot task and sinusoid
+    meta-batches of any size do not."""
+    omniglot = tm.MLP([784, 256, 128, 64, 64, 5], loss="xent", dtype="float32")
+    sinusoid = tm.MLP([1, 40, 40, 1], dtype="float32")
+    for net, T, K, Q, want in ((omniglot, 32, 5, 25, True), (omniglot, 32, 5, 75, True), (omniglot, 2, 1, 5, True),
+                               (omniglot, 1, 5, 25, False), (sinusoid, 25, 10, 10, False),
+                               (sinusoid, 1000, 10, 10, False)):
+        batch = _batch(net, rng, T, K, Q)
+        assert low_rank.applies(net, batch, np.full(net.n_params, 0.4, np.float32), 1, False) is want
+
+
+@pytest.mark.parametrize("threshold, path", [(0, "low_rank"), (10**18, "meta_batch")])
+def test_inner_loop_sends_one_step_calls_by_size(threshold, path, rng, monkeypatch):
+    monkeypatch.setattr(low_rank, "MIN_WORK", threshold)
+    net, theta, batch = _problem((40, 30, 3), "tanh", "xent", rng)
+    calls = []
+    for module in (low_rank, meta_batch):
+        real = module.meta_loss_and_grad
+        monkeypatch.setattr(module, "meta_loss_and_grad",
+                            lambda *a, _real=real, _name=module.__name__.rsplit(".", 1)[1], **k:
+                            calls.append(_name) or _real(*a, **k))
+    config = maml.Config(inner_lr=0.1, inner_steps=1)
+    loss, grad = maml.meta_loss_and_grad(net, theta, batch, config.inner_lr, 1)
+    want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, maml.preconditioner(net, config), 1)
+    assert calls == [path]
+    assert gc.rel_error(loss, want[0]) <= TOL64 and gc.rel_error(grad, want[1]) <= TOL64
