@@ -1,15 +1,20 @@
-"""The compiled meta-batch path against the per-task reference loop, in one process.
+"""The meta-batch paths of the gradient-based family against each other, in one process.
 
-    NUMBA_NUM_THREADS=1 python -m benchmarks.compare_paths [--net sinusoid|omniglot] [--steps K]
+    NUMBA_NUM_THREADS=1 python -m benchmarks.compare_paths [--net sinusoid|omniglot|omniglot-q5] [--steps K]
         [--first-order] [--dtype float64|float32]
 
-Times ``inner_loop.meta_loss_and_grad`` (compiled when the net allows it)
-and ``inner_loop.reference_meta_loss_and_grad`` on the same meta-batch with
-``timing.measure`` (medians over repeats), alternating the two so that a
-change of machine load hits both. ``sinusoid``: 25 tasks, 10 support and
+Times, on the same meta-batch, the compiled per-task path
+(``meta_batch.meta_loss_and_grad``, without the gradient wrt the step
+sizes, as MAML calls it), the stacked low-rank path for one step
+(``low_rank.meta_loss_and_grad``; ``--steps 1`` only, whatever
+``low_rank.applies`` would choose) and the per-task reference loop
+(``inner_loop.reference_meta_loss_and_grad``) with ``timing.measure``
+(medians over repeats), alternating them so that a change of machine load
+hits all. ``sinusoid``: 25 tasks, 10 support and
 10 query points, 1-40-40-1, mse, step 0.01 (Finn et al. 2017, section 5.1).
 ``omniglot``: 32 tasks, 5-way 1-shot, 15 queries per class, 784-256-128-64-64-5,
-xent, step 0.4 (random data of that shape).
+xent, step 0.4 (random data of that shape); ``omniglot-q5``: the same with 5
+queries per class.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from . import timing
 NETS = {  # sizes, loss, tasks, support rows, query rows, inner step
     "sinusoid": ((1, 40, 40, 1), "mse", 25, 10, 10, 0.01),
     "omniglot": ((784, 256, 128, 64, 64, 5), "xent", 32, 5, 75, 0.4),
+    "omniglot-q5": ((784, 256, 128, 64, 64, 5), "xent", 32, 5, 25, 0.4),
 }
 
 
@@ -52,21 +58,28 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import numba
 
-    from tinymeta.algorithms import inner_loop
+    from tinymeta.algorithms import inner_loop, low_rank, meta_batch
 
     net, theta, batch, precond = problem(args.net, args.dtype, np.random.default_rng(0))
-    paths = {"compiled": inner_loop.meta_loss_and_grad, "reference": inner_loop.reference_meta_loss_and_grad}
+    K, first_order = args.steps, args.first_order
+    paths = {"compiled": lambda: meta_batch.meta_loss_and_grad(net, theta, batch, precond, K, first_order, False)}
+    if K == 1:
+        paths["low-rank"] = lambda: low_rank.meta_loss_and_grad(net, theta, batch, precond, first_order)
+    paths["reference"] = lambda: inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, K, first_order)
     medians = {name: [] for name in paths}
     for _ in range(args.rounds):
         for name, fn in paths.items():
-            _, summary = timing.measure(lambda: fn(net, theta, batch, precond, args.steps, args.first_order))
+            _, summary = timing.measure(fn)
             medians[name].append(summary["median"] * 1e6)
     print(f"{args.net} K={args.steps} first_order={args.first_order} {args.dtype} "
           f"numba threads={numba.get_num_threads()}")
     for name, values in medians.items():
         print(f"  {name:9s} median of round medians {np.median(values):12,.0f} us   rounds: "
               + ", ".join(f"{v:,.0f}" for v in values))
-    print(f"  speed-up {np.median(medians['reference']) / np.median(medians['compiled']):.1f}x")
+    for name in paths:
+        if name != "reference":
+            print(f"  {name} speed-up over the reference "
+                  f"{np.median(medians['reference']) / np.median(medians[name]):.1f}x")
 
 
 if __name__ == "__main__":
