@@ -71,8 +71,7 @@ def applies(net, batch, precond, steps, precond_grad) -> bool:
         return False
     if not meta_batch.supports(net, batch.X_support, batch.y_support, batch.X_query, batch.y_query):
         return False
-    T, n = np.shape(batch.X_support)[:2]
-    nq = np.shape(batch.X_query)[1]
+    (T, n), nq = batch.X_support.shape[:2], batch.X_query.shape[1]
     if T < MIN_TASKS or T * (n + nq) * net.n_params < MIN_WORK or _saving(net, n) < MIN_SAVING:
         return False
     precond = np.asarray(precond)
@@ -268,7 +267,8 @@ def _hvp(layers, a, loss, S, Q, ws, act, hv):
 def _blocks(flat, ws, l):
     """Views ``(W, b)`` of layer ``l`` in a flat parameter-shaped vector."""
     (d_in, d_out), start = ws.shapes[l], ws.offsets[l]
-    return flat[start:start + d_in * d_out].reshape(d_in, d_out), flat[start + d_in * d_out:start + d_in * d_out + d_out]
+    bias = start + d_in * d_out
+    return flat[start:bias].reshape(d_in, d_out), flat[bias:bias + d_out]
 
 
 # -------------------------------------------------------------- workspaces
