@@ -35,7 +35,9 @@ chosen by ``inner_loop.meta_loss_and_grad`` for large meta-batches
 (``applies``); everything else goes through ``meta_batch.py``.
 Products go to NumPy's BLAS (``np.matmul(..., out=...)``) into workspaces
 kept per meta-batch shape; the bias, activation and loss steps are the
-kernels of ``tinymeta.nn.kernels``.
+kernels of ``tinymeta.nn.kernels``. The same inputs give the same bits on
+the same number of OpenBLAS threads; on another number the last bits can
+differ (unlike the per-task kernels' results; README, Speed).
 """
 from __future__ import annotations
 
