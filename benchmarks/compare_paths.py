@@ -1,12 +1,12 @@
 """The meta-batch paths of the gradient-based family against each other, in one process.
 
-    NUMBA_NUM_THREADS=1 python -m benchmarks.compare_paths [--net sinusoid|omniglot|omniglot-q5] [--steps K]
+    NUMBA_NUM_THREADS=1 python -m benchmarks.compare_paths [--net NAME] [--steps K]
         [--first-order] [--dtype float64|float32]
 
 Times, on the same meta-batch, the compiled per-task path
 (``meta_batch.meta_loss_and_grad``, without the gradient wrt the step
-sizes, as MAML calls it), the stacked low-rank path for one step
-(``low_rank.meta_loss_and_grad``; ``--steps 1`` only, whatever
+sizes, as MAML calls it), the stacked low-rank path
+(``low_rank.meta_loss_and_grad``, for ``--steps`` 1 or more, whatever
 ``low_rank.applies`` would choose) and the per-task reference loop
 (``inner_loop.reference_meta_loss_and_grad``) with ``timing.measure``
 (medians over repeats), alternating them so that a change of machine load
@@ -14,7 +14,8 @@ hits all. ``sinusoid``: 25 tasks, 10 support and
 10 query points, 1-40-40-1, mse, step 0.01 (Finn et al. 2017, section 5.1).
 ``omniglot``: 32 tasks, 5-way 1-shot, 15 queries per class, 784-256-128-64-64-5,
 xent, step 0.4 (random data of that shape); ``omniglot-q5``: the same with 5
-queries per class.
+queries per class; ``omniglot-20w1s``: 16 tasks, 20-way 1-shot, 1 query per
+class, step 0.1 (Finn et al.'s 20-way settings; use ``--steps 5``).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ NETS = {  # sizes, loss, tasks, support rows, query rows, inner step
     "sinusoid": ((1, 40, 40, 1), "mse", 25, 10, 10, 0.01),
     "omniglot": ((784, 256, 128, 64, 64, 5), "xent", 32, 5, 75, 0.4),
     "omniglot-q5": ((784, 256, 128, 64, 64, 5), "xent", 32, 5, 25, 0.4),
+    "omniglot-20w1s": ((784, 256, 128, 64, 64, 20), "xent", 16, 20, 20, 0.1),
 }
 
 
@@ -63,8 +65,8 @@ def main(argv=None):
     net, theta, batch, precond = problem(args.net, args.dtype, np.random.default_rng(0))
     K, first_order = args.steps, args.first_order
     paths = {"compiled": lambda: meta_batch.meta_loss_and_grad(net, theta, batch, precond, K, first_order, False)}
-    if K == 1:
-        paths["low-rank"] = lambda: low_rank.meta_loss_and_grad(net, theta, batch, precond, first_order)
+    if K >= 1:
+        paths["low-rank"] = lambda: low_rank.meta_loss_and_grad(net, theta, batch, precond, K, first_order)
     paths["reference"] = lambda: inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, K, first_order)
     medians = {name: [] for name in paths}
     for _ in range(args.rounds):

@@ -53,12 +53,13 @@ def _problem(sizes, activation, loss, rng, T=7, dtype="float64", K=5, Q=6):
 @pytest.mark.kernels
 @pytest.mark.parametrize("sizes, activation, loss", SHAPES)
 @pytest.mark.parametrize("kind", ["maml", "per_layer", "anil"])
+@pytest.mark.parametrize("steps", [1, 2, 3])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_matches_reference_in_float64(sizes, activation, loss, kind, first_order, rng):
+def test_matches_reference_in_float64(sizes, activation, loss, kind, steps, first_order, rng):
     net, theta, batch = _problem(sizes, activation, loss, rng)
     precond = _precond(net, rng, kind)
-    got = low_rank.meta_loss_and_grad(net, theta, batch, precond, first_order)
-    want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, 1, first_order)
+    got = low_rank.meta_loss_and_grad(net, theta, batch, precond, steps, first_order)
+    want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, steps, first_order)
     assert gc.rel_error(got[0], want[0]) <= TOL64
     assert gc.rel_error(got[1], want[1]) <= TOL64
 
@@ -70,22 +71,23 @@ def test_float32_matches_float64(first_order, rng):
     batch32 = tm.TaskBatch(*(a.astype(np.float32) if a.dtype.kind == "f" else a for a in batch))
     precond = _precond(net, rng, "maml")
     got = low_rank.meta_loss_and_grad(net32, theta.astype(np.float32), batch32, precond.astype(np.float32),
-                                      first_order)
-    want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, 1, first_order)
+                                      2, first_order)
+    want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, 2, first_order)
     assert got[1].dtype == np.float32
     assert gc.rel_error(got[0], want[0]) <= gc.FLOAT32_TOL
     assert gc.rel_error(got[1], want[1]) <= gc.FLOAT32_TOL
 
 
 @pytest.mark.parametrize("loss", ["mse", "xent"])
-def test_meta_gradient_matches_finite_differences(loss, rng):
+@pytest.mark.parametrize("steps", [1, 3])
+def test_meta_gradient_matches_finite_differences(loss, steps, rng):
     net, theta, batch = _problem((6, 12, 10, 3), "tanh", loss, rng, T=3)
     precond = _precond(net, rng, "per_layer")
 
     def meta_loss(t):
-        return inner_loop.reference_meta_loss_and_grad(net, t, batch, precond, 1)[0]
+        return inner_loop.reference_meta_loss_and_grad(net, t, batch, precond, steps)[0]
 
-    _, grad = low_rank.meta_loss_and_grad(net, theta, batch, precond)
+    _, grad = low_rank.meta_loss_and_grad(net, theta, batch, precond, steps)
     assert gc.rel_error(grad, gc.numerical_gradient(meta_loss, theta)) < gc.FD_TOL
 
 
@@ -128,8 +130,9 @@ def test_what_it_takes(rng, monkeypatch):
     net, theta, batch = _problem((40, 30, 3), "tanh", "xent", rng)
     precond = _precond(net, rng, "per_layer")
     assert low_rank.applies(net, batch, precond, 1, False)
-    assert not low_rank.applies(net, batch, precond, 2, False)  # one step only
     assert not low_rank.applies(net, batch, precond, 0, False)
+    assert low_rank._saving(net, 3 * 5 + 6) < low_rank.MIN_SAVING  # 3 steps on 5 rows + 6 query rows: too many
+    assert not low_rank.applies(net, batch, precond, 3, False)
     assert not low_rank.applies(net, batch, precond, 1, True)  # no gradient wrt precond
     metasgd = rng.uniform(0.01, 0.1, net.n_params)  # a step per weight
     assert not low_rank.applies(net, batch, metasgd, 1, False)
@@ -138,37 +141,44 @@ def test_what_it_takes(rng, monkeypatch):
                   tm.MLP(net.sizes, activation="tanh", loss="xent", batchnorm=True)):
         assert not low_rank.applies(other, batch, np.full(other.n_params, 0.1), 1, False)
     assert not low_rank.applies(net, tm.TaskBatch(*(a[:1] for a in batch)), precond, 1, False)  # one task
-    wide = _batch(net, rng, 7, K=40)  # 40 support rows: the rank-40 terms cost more than the matrices
-    assert low_rank._saving(net, 40) < low_rank.MIN_SAVING <= low_rank._saving(net, 5)
+    wide = _batch(net, rng, 7, K=40)  # 40 support rows: the rank-46 terms cost more than the matrices
+    assert low_rank._saving(net, 40 + 6) < low_rank.MIN_SAVING <= low_rank._saving(net, 5 + 6)
     assert not low_rank.applies(net, wide, precond, 1, False)
     with pytest.raises(ValueError, match="one step size per weight matrix"):
         low_rank.meta_loss_and_grad(net, theta, batch, metasgd)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        low_rank.meta_loss_and_grad(net, theta, batch, precond, 0)
 
 
 def test_the_shipped_thresholds(rng):
-    """The benchmark's Omniglot meta-batches take this path; one Omniglot task and sinusoid
-    meta-batches of any size do not."""
+    """The benchmark's Omniglot meta-batches and the 20-way 1-shot protocol (5 steps) take this
+    path; one Omniglot task, 20-way 5-shot with 5 steps and sinusoid meta-batches of any size
+    do not."""
     omniglot = tm.MLP([784, 256, 128, 64, 64, 5], loss="xent", dtype="float32")
+    omniglot20 = tm.MLP([784, 256, 128, 64, 64, 20], loss="xent", dtype="float32")
     sinusoid = tm.MLP([1, 40, 40, 1], dtype="float32")
-    for net, T, K, Q, want in ((omniglot, 32, 5, 25, True), (omniglot, 32, 5, 75, True), (omniglot, 2, 1, 5, True),
-                               (omniglot, 1, 5, 25, False), (sinusoid, 25, 10, 10, False),
-                               (sinusoid, 1000, 10, 10, False)):
+    for net, T, K, Q, steps, want in ((omniglot, 32, 5, 25, 1, True), (omniglot, 32, 5, 75, 1, True),
+                                      (omniglot, 2, 1, 5, 1, True), (omniglot, 32, 5, 25, 5, True),
+                                      (omniglot20, 16, 20, 20, 5, True), (omniglot20, 16, 100, 100, 5, False),
+                                      (omniglot, 1, 5, 25, 1, False), (sinusoid, 25, 10, 10, 1, False),
+                                      (sinusoid, 1000, 10, 10, 1, False)):
         batch = _batch(net, rng, T, K, Q)
-        assert low_rank.applies(net, batch, np.full(net.n_params, 0.4, np.float32), 1, False) is want
+        assert low_rank.applies(net, batch, np.full(net.n_params, 0.4, np.float32), steps, False) is want
 
 
 @pytest.mark.parametrize("threshold, path", [(0, "low_rank"), (10**18, "meta_batch")])
-def test_inner_loop_sends_one_step_calls_by_size(threshold, path, rng, monkeypatch):
+@pytest.mark.parametrize("steps", [1, 2])
+def test_inner_loop_sends_calls_by_size(threshold, path, steps, rng, monkeypatch):
     monkeypatch.setattr(low_rank, "MIN_WORK", threshold)
-    net, theta, batch = _problem((40, 30, 3), "tanh", "xent", rng)
+    net, theta, batch = _problem((40, 30, 3), "tanh", "xent", rng, K=2, Q=3)
     calls = []
     for module in (low_rank, meta_batch):
         real = module.meta_loss_and_grad
         monkeypatch.setattr(module, "meta_loss_and_grad",
                             lambda *a, _real=real, _name=module.__name__.rsplit(".", 1)[1], **k:
                             calls.append(_name) or _real(*a, **k))
-    config = maml.Config(inner_lr=0.1, inner_steps=1)
-    loss, grad = maml.meta_loss_and_grad(net, theta, batch, config.inner_lr, 1)
-    want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, maml.preconditioner(net, config), 1)
+    config = maml.Config(inner_lr=0.1, inner_steps=steps)
+    loss, grad = maml.meta_loss_and_grad(net, theta, batch, config.inner_lr, steps)
+    want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, maml.preconditioner(net, config), steps)
     assert calls == [path]
     assert gc.rel_error(loss, want[0]) <= TOL64 and gc.rel_error(grad, want[1]) <= TOL64

@@ -30,9 +30,9 @@ an adapter whose parameter vector includes extra variables (CAVIA's context).
 
 ``meta_loss_and_grad`` and ``predictions`` run the whole meta-batch in one
 compiled call (``meta_batch.py``, ``tinymeta.nn.meta_kernels``) when the
-model is a plain ``MLP`` on the ``"numba"`` backend (one-step
-``meta_loss_and_grad`` on large meta-batches: ``low_rank.py``, stacked BLAS
-products and low-rank per-task terms); the readable loops
+model is a plain ``MLP`` on the ``"numba"`` backend (``meta_loss_and_grad``
+on large meta-batches: ``low_rank.py``, stacked BLAS products and low-rank
+per-task terms); the readable loops
 over tasks, ``reference_meta_loss_and_grad`` and ``reference_predictions``,
 are what they compute and what the tests pin them to.
 """
@@ -86,8 +86,8 @@ def task_meta_loss_and_grad(model, theta, X_support, y_support, X_query, y_query
 def meta_loss_and_grad(model, theta, batch, precond, steps, first_order=False, precond_grad=True):
     """Mean over the tasks of ``batch`` of ``task_meta_loss_and_grad``.
 
-    One step on a large meta-batch: ``low_rank.meta_loss_and_grad`` (shared
-    products stacked over the tasks, when ``low_rank.applies``); else the
+    A large meta-batch: ``low_rank.meta_loss_and_grad`` (shared products
+    stacked over the tasks, when ``low_rank.applies``); else the
     compiled path (``meta_batch.meta_loss_and_grad``) when
     ``meta_batch.supports`` the model and batch; else
     ``reference_meta_loss_and_grad``. All give the same numbers (to rounding).
@@ -99,7 +99,7 @@ def meta_loss_and_grad(model, theta, batch, precond, steps, first_order=False, p
     (float, (P,), (P,) or None): mean query loss, its gradient wrt ``theta`` and wrt ``P``.
     """
     if low_rank.applies(model, batch, precond, steps, precond_grad):
-        loss, d_theta = low_rank.meta_loss_and_grad(model, theta, batch, precond, first_order)
+        loss, d_theta = low_rank.meta_loss_and_grad(model, theta, batch, precond, steps, first_order)
         return loss, d_theta, None
     if meta_batch.supports(model, batch.X_support, batch.y_support, batch.X_query, batch.y_query):
         return meta_batch.meta_loss_and_grad(model, theta, batch, precond, steps, first_order, precond_grad)

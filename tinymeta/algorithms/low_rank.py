@@ -1,43 +1,44 @@
-r"""One-step MAML and FOMAML over a whole meta-batch: shared products stacked, per-task terms low-rank.
+r"""MAML and FOMAML over a whole meta-batch: shared products stacked, per-task terms low-rank.
 
-DESIGN.md section 7. With one inner step of a step size that is one number
-``a_l`` per weight matrix (MAML's ``alpha``; ANIL's ``alpha`` or 0), every
-adapted weight matrix differs from the shared one by a matrix of rank at
-most ``n`` (the support rows of the task):
-
-.. math::
-    W_l' = W_l - a_l\, A_l^\top D_l,\qquad b_l' = b_l - p_l \odot \mathbf 1^\top D_l
-
-where ``A_l`` (n, d_in) is the input of layer ``l`` on the support set and
-``D_l`` (n, d_out) its ``dL_S/dZ``, both at ``theta``, and ``p_l`` the
-step of the bias (any vector). So a product with an adapted matrix splits
-into a product with the shared ``W_l`` -- the same matrix for every task,
-so the rows of all tasks go through it in *one* BLAS call -- and two small
-products per task:
+DESIGN.md section 7. When the step size is one number ``a_l`` per weight
+matrix (MAML's ``alpha``; ANIL's ``alpha`` or 0), an inner step changes a
+weight matrix by a matrix of rank at most ``n`` (the support rows of the
+task), and after ``k`` steps
 
 .. math::
-    A^q W_l' = A^q W_l - a_l\,(A^q A_l^\top)\,D_l, \qquad
-    D^q W_l'^\top = D^q W_l^\top - a_l\,(D^q D_l^\top)\,A_l .
+    W_{l,k} = W_l - a_l \sum_{j<k} A_{l,j}^\top D_{l,j},\qquad
+    b_{l,k} = b_l - p_l \odot \sum_{j<k} \mathbf 1^\top D_{l,j}
 
-The query gradient ``u`` has the same structure (``u_W = A^{q\top} D^q``),
-and so has the direction ``v = P \odot u`` of MAML's Hessian-vector
-product at ``theta`` (one R-forward and one R-backward pass over the
-support set, DESIGN.md section 2); its products with ``v``'s weights are
-again two small ones per task (``A_l V_l = a_l (A_l A^{q\top}) D^q``,
-``D_l V_l^\top = a_l (D_l D^{q\top}) A^q``). The meta-gradient needs ``u``
-and ``H v`` only summed over the tasks, and their weight blocks are sums
-of ``A^\top D`` products: one BLAS call each over the stacked rows of all
-tasks. No task's adapted parameters are ever formed.
+where ``A_{l,j}`` (n, d_in) is the input of layer ``l`` on the support set
+and ``D_{l,j}`` (n, d_out) its ``dL_S/dZ``, both at ``theta_j``, and ``p_l``
+the step of the bias (any vector). So a product with an adapted matrix
+splits into a product with the shared ``W_l`` -- the same matrix for every
+task, so the rows of all tasks go through it in *one* BLAS call -- and two
+thin products per term and task:
+
+.. math::
+    X W_{l,k} = X W_l - a_l \sum_{j<k} (X A_{l,j}^\top)\,D_{l,j}, \qquad
+    Y W_{l,k}^\top = Y W_l^\top - a_l \sum_{j<k} (Y D_{l,j}^\top)\,A_{l,j} .
+
+The query gradient ``u`` has the same form (``u_W = A^{q\top} D^q``), and
+so has every term the backward recursion of MAML adds to it
+(``u \leftarrow u - \nabla^2 L_S(\theta_k) (P \odot u)``: the R-backward
+pass's weight gradient ``A_{l,k}^\top \dot D_l + \dot H_{l-1}^\top D_{l,k}``,
+DESIGN.md sections 2-3). A matrix here is therefore kept as a list of
+*terms* ``(c, L, R)``, one ``c L^\top R`` each (``L``, ``R`` stacked over the
+tasks, views of the stored passes). The meta-gradient needs ``u`` only
+summed over the tasks: each of its weight terms is one BLAS call over the
+stacked rows of all tasks. No task's adapted parameters are ever formed.
 
 This computes what ``inner_loop.reference_meta_loss_and_grad`` computes
-with ``steps=1`` (the tests pin the two, 1e-12 relative in float64) and is
-chosen by ``inner_loop.meta_loss_and_grad`` for large meta-batches
-(``applies``); everything else goes through ``meta_batch.py``.
-Products go to NumPy's BLAS (``np.matmul(..., out=...)``) into workspaces
-kept per meta-batch shape; the bias, activation and loss steps are the
-kernels of ``tinymeta.nn.kernels``. The same inputs give the same bits on
-the same number of OpenBLAS threads; on another number the last bits can
-differ (unlike the per-task kernels' results; README, Speed).
+(the tests pin the two, 1e-12 relative in float64) and is chosen by
+``inner_loop.meta_loss_and_grad`` for large meta-batches (``applies``);
+everything else goes through ``meta_batch.py``. Products go to NumPy's BLAS
+(``np.matmul(..., out=...)``) into workspaces kept per meta-batch shape; the
+bias, activation and loss steps are the kernels of ``tinymeta.nn.kernels``.
+The same inputs give the same bits on the same number of OpenBLAS threads;
+on another number the last bits can differ (unlike the per-task kernels'
+results; README, Speed).
 """
 from __future__ import annotations
 
@@ -52,39 +53,44 @@ from ..nn.losses import MSE, get_loss
 from . import meta_batch
 
 MIN_TASKS = 2  # one task has nothing to stack: the compiled per-task path was faster (Omniglot net, 5 + 25 rows)
-MIN_WORK = 2_000_000  # T x (n + nq) x parameters: below, the per-task path was as fast or faster
-MIN_SAVING = 1.25  # the weight products per row / the low-rank terms per row (``_saving``)
+MIN_WORK = 2_000_000  # T x (K n + nq) x parameters: below, the per-task path was as fast or faster
+MIN_SAVING = 0.8  # the weight products per row / those of rank-(K n + nq) terms (``_saving``)
 
 
 def applies(net, batch, precond, steps, precond_grad) -> bool:
     """Whether ``meta_loss_and_grad`` takes this call of ``inner_loop.meta_loss_and_grad``.
 
-    It needs one inner step, no gradient wrt ``precond``, a model that
-    ``meta_batch.supports`` (a plain MLP on the Numba backend without batch
-    normalisation), one step size per weight matrix, and a meta-batch where
-    it was measured to be faster than the per-task compiled path (README,
-    Speed): at least ``MIN_TASKS`` tasks and ``MIN_WORK`` row-parameter
-    products, and weight matrices large against the support rows
-    (``_saving`` at least ``MIN_SAVING``). The Omniglot net's meta-batches
-    qualify; the sinusoid net's do not (its 40 x 40 matrix is hardly larger
-    than the rank-10 terms that would replace it: ``_saving`` 1.04).
+    It needs at least one inner step, no gradient wrt ``precond``, a model
+    that ``meta_batch.supports`` (a plain MLP on the Numba backend without
+    batch normalisation), one step size per weight matrix, and a meta-batch
+    where it was measured to be faster than the per-task compiled path
+    (README, Speed): at least ``MIN_TASKS`` tasks and ``MIN_WORK``
+    row-parameter products, and weight matrices large against the terms
+    that replace them (``_saving`` at least ``MIN_SAVING`` for the rank
+    ``steps * n + nq``: the adapted weights' terms after ``steps`` steps
+    plus the query gradient's, which every Hessian-vector product
+    multiplies). The Omniglot net's 5-way meta-batches and its 20-way
+    1-shot ones with 5 steps qualify; the sinusoid net's do not (1-40-40-1,
+    10 + 10 rows: ``_saving`` 0.52, and the per-task kernel was 1.3-1.8x
+    faster).
     """
-    if steps != 1 or precond_grad:
+    if steps < 1 or precond_grad:
         return False
     if not meta_batch.supports(net, batch.X_support, batch.y_support, batch.X_query, batch.y_query):
         return False
     (T, n), nq = batch.X_support.shape[:2], batch.X_query.shape[1]
-    if T < MIN_TASKS or T * (n + nq) * net.n_params < MIN_WORK or _saving(net, n) < MIN_SAVING:
+    rank = steps * n + nq
+    if T < MIN_TASKS or T * rank * net.n_params < MIN_WORK or _saving(net, rank) < MIN_SAVING:
         return False
     precond = np.asarray(precond)
     return precond.shape == (net.n_params,) and _weight_steps(net, precond) is not None
 
 
-def _saving(net, n):
-    """Multiply-adds per query row with every adapted weight matrix formed, ``sum d_in d_out``,
-    over those of the rank-``n`` terms that replace them, ``sum n (d_in + d_out)``."""
+def _saving(net, rank):
+    """Multiply-adds per row with every adapted weight matrix formed, ``sum d_in d_out``,
+    over those of the rank-``rank`` terms that replace them, ``sum rank (d_in + d_out)``."""
     shapes = list(zip(net.sizes[:-1], net.sizes[1:]))
-    return sum(a * b for a, b in shapes) / sum(n * (a + b) for a, b in shapes)
+    return sum(a * b for a, b in shapes) / sum(rank * (a + b) for a, b in shapes)
 
 
 def _weight_steps(net, precond):
@@ -99,64 +105,119 @@ def _weight_steps(net, precond):
     return steps
 
 
-def meta_loss_and_grad(net, theta, batch, precond, first_order=False):
-    """``inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, 1, first_order)``
+def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
+    """``inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, steps, first_order)``
     without its gradient wrt ``precond``.
 
     Parameters
     ----------
     net : MLP with ``applies`` true ; theta, precond : (P,)
     batch : TaskBatch, ``T`` tasks of ``n`` support and ``nq`` query rows
-    first_order : bool, FOMAML (the Hessian term dropped)
+    steps : int >= 1 ; first_order : bool, FOMAML (the Hessian terms dropped)
 
     Returns
     -------
-    (float, (P,)): mean query loss after one step, its gradient wrt ``theta``.
+    (float, (P,)): mean query loss after ``steps`` steps, its gradient wrt ``theta``.
     """
     theta = meta_batch._vector(net, theta, "theta")
     precond = meta_batch._vector(net, precond, "precond")
     a = _weight_steps(net, precond)
     if a is None:
         raise ValueError("precond must hold one step size per weight matrix for the low-rank path")
+    steps = int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1 for the low-rank path, got {steps}")
     Xs = meta_batch._inputs(net, batch.X_support, "X_support")
     Xq = meta_batch._inputs(net, batch.X_query, "X_query", Xs.shape[0])
     (T, n, _), nq = Xs.shape, Xq.shape[1]
     Ys = meta_batch._targets(net, batch.y_support, T, n, "y_support")
     Yq = meta_batch._targets(net, batch.y_query, T, nq, "y_query")
-    ws = _workspace(net, T, n, nq, threading.get_ident())
-    layers = [(W, b, p) for (W, b), (_, p) in zip(net.unflatten(theta), net.unflatten(precond))]
+    ws = _workspace(net, T, n, nq, steps, threading.get_ident())
+    Ws, bs = zip(*net.unflatten(theta))
+    p_bias = [p for _, p in net.unflatten(precond)]
     act, loss = get_activation(net.activation).code, get_loss(net.loss_name).code
+    L = len(Ws)
 
-    S, Q = ws.support, ws.query
-    _forward(layers, Xs, S, act)
-    _task_losses(loss, S, Ys)
-    _backward(layers, S, act)
-    for l, (_, b, p) in enumerate(layers):  # b_l' = b_l - p_l * (column sums of D_l), per task
-        np.sum(S.D3(l), axis=1, out=ws.b_adapted[l])
-        np.multiply(ws.b_adapted[l], -p, out=ws.b_adapted[l])
-        ws.b_adapted[l] += b
-    _adapted_forward(layers, a, Xq, S, Q, ws, act)
+    terms = [[] for _ in range(L)]  # W_{l,k} = W_l + sum of c L^T R over terms[l]
+    for l in range(L):
+        ws.bias[0][l][...] = bs[l]
+    for k in range(steps):  # the inner steps, every task at once
+        S = ws.support[k]
+        _forward(Ws, terms, ws.bias[k], Xs, S, ws, act)
+        _task_losses(loss, S, Ys)
+        _backward(Ws, terms, S, ws, act)
+        for l in range(L):
+            terms[l].append((-a[l], S.A3(l), S.D3(l)))
+            np.sum(S.D3(l), axis=1, out=ws.bias[k + 1][l])  # b_{k+1} = b_k - p * (column sums of D)
+            ws.bias[k + 1][l] *= -p_bias[l]
+            ws.bias[k + 1][l] += ws.bias[k][l]
+    Q = ws.query
+    _forward(Ws, terms, ws.bias[steps], Xq, Q, ws, act)
     total = _task_losses(loss, Q, Yq)
-    u = ws.u  # sum over tasks of the query gradients at the adapted parameters
-    _adapted_backward(layers, a, S, Q, ws, act, u)
-    if first_order:
-        return total / T, u / T
-    hv = ws.hv  # sum over tasks of the support Hessian at theta times v = precond * u_task
-    _hvp(layers, a, loss, S, Q, ws, act, hv)
-    return total / T, (u - hv) / T
+    _backward(Ws, terms, Q, ws, act)
+    u_terms = [[(1.0, Q.A3(l), Q.D3(l))] for l in range(L)]  # u_t, the query gradient, per task
+    u_bias = ws.u_bias
+    for l in range(L):
+        np.sum(Q.D3(l), axis=1, out=u_bias[l])
+    if not first_order:
+        for k in range(steps - 1, -1, -1):  # u <- u - H_S(theta_k) (P * u)
+            _hvp_step(Ws, [t[:k] for t in terms], a, p_bias, u_terms, u_bias, ws.support[k], ws.tangent[k],
+                      ws, act, loss)
+    grad = ws.grad
+    for l in range(L):
+        gW, gb = _blocks(grad, ws, l)
+        _sum_terms(gW, u_terms[l], ws.weights[l])
+        np.sum(u_bias[l], axis=0, out=gb)
+    return total / T, grad / T
+
+
+# ----------------------------------------------------------------- products
+def _times(out3, rows3, W, terms, ws, transpose=False):
+    """``out3[t] = rows3[t] @ M_t`` (``M_t^T`` if transpose) for ``M_t = W + sum c L_t^T R_t`` over
+    ``terms``: one product with ``W`` for the rows of every task, then ``_add_terms``. ``W`` None: 0."""
+    if W is None:
+        out3[...] = 0
+    else:
+        np.matmul(rows3.reshape(-1, rows3.shape[2]), W.T if transpose else W, out=out3.reshape(-1, out3.shape[2]))
+    _add_terms(out3, rows3, terms, ws, transpose)
+
+
+def _add_terms(out3, rows3, terms, ws, transpose=False):
+    """``out3[t] += sum c (rows3[t] @ L_t^T) @ R_t`` over ``terms`` (``(rows3[t] @ R_t^T) @ L_t`` if
+    transpose): two thin products per term and task (``ws.mid``, ``ws.corr`` hold them)."""
+    T, rows = rows3.shape[:2]
+    for c, Lt, Rt in terms:
+        if c == 0:
+            continue
+        inner, outer = (Rt, Lt) if transpose else (Lt, Rt)
+        mid = ws.mid[:T * rows * inner.shape[1]].reshape(T, rows, inner.shape[1])
+        np.matmul(rows3, inner.transpose(0, 2, 1), out=mid)
+        mid *= c
+        out3 += np.matmul(mid, outer, out=ws.corr[:out3.size].reshape(out3.shape))
+
+
+def _sum_terms(out, terms, scratch):
+    """``out = sum over terms and tasks of c L_t^T R_t``: one product per term over the stacked rows."""
+    for i, (c, Lt, Rt) in enumerate(terms):
+        target = out if i == 0 else scratch
+        np.matmul(Lt.reshape(-1, Lt.shape[2]).T, Rt.reshape(-1, Rt.shape[2]), out=target)
+        if c != 1:
+            target *= c
+        if i > 0:
+            out += scratch
 
 
 # ----------------------------------------------------------------- passes
-def _forward(layers, X, S, act):
-    """Support forward pass at ``theta``, all tasks' rows at once (reference.forward_pass)."""
-    A = X.reshape(-1, X.shape[2])
-    for l, (W, b, _) in enumerate(layers):
-        np.matmul(A, W, out=S.Z[l])
-        K._add_bias(S.Z[l], b)
-        if l < len(layers) - 1:
-            K._activate(S.H[l], S.Z[l], act)
-            A = S.H[l]
-    S.A = [X.reshape(-1, X.shape[2])] + S.H
+def _forward(Ws, terms, bias, X, R, ws, act):
+    """Forward pass of every task at its adapted parameters (``terms``, per-task ``bias``) into the
+    pass ``R`` (reference.forward_pass)."""
+    R.A = [X] + [R.H3(l) for l in range(len(Ws) - 1)]
+    for l, W in enumerate(Ws):
+        Z3 = R.Z3(l)
+        _times(Z3, R.A[l], W, terms[l], ws)
+        Z3 += bias[l][:, None, :]
+        if l < len(Ws) - 1:
+            K._activate(R.H[l], R.Z[l], act)
 
 
 def _task_losses(loss, R, Y):
@@ -174,96 +235,51 @@ def _task_losses(loss, R, Y):
     return total
 
 
-def _backward(layers, S, act):
-    """``D_l = dL_S/dZ_l`` at ``theta`` for every layer, all tasks at once (reference.backward_pass);
-    ``S.back[l]`` keeps ``dL_S/dH_l`` (before the activation's derivative) for the HVP."""
-    for l in range(len(layers) - 1, 0, -1):
-        np.matmul(S.D[l], layers[l][0].T, out=S.back[l - 1])
-        np.copyto(S.D[l - 1], S.back[l - 1])
-        K._back_through_d1(S.D[l - 1], S.Z[l - 1], act)
+def _backward(Ws, terms, R, ws, act):
+    """``D_l = dL/dZ_l`` of every layer from the output block (reference.backward_pass):
+    ``dL/dH_{l-1} = D_l W_l^T`` at the adapted ``W_l`` (kept in ``R.back`` for the HVP), then
+    through the activation."""
+    for l in range(len(Ws) - 1, 0, -1):
+        _times(R.back3(l - 1), R.D3(l), Ws[l], terms[l], ws, transpose=True)
+        np.copyto(R.D[l - 1], R.back[l - 1])
+        K._back_through_d1(R.D[l - 1], R.Z[l - 1], act)
 
 
-def _low_rank(out3, left3, right3, factor3, a, ws):
-    """``out3[t] -= a (left3[t] @ right3[t]^T) @ factor3[t]`` for every task ``t``: two small
-    products per task (``ws.mid`` holds the first, ``ws.corr`` the second)."""
-    if a == 0:
-        return
-    T, rows, k = left3.shape[0], left3.shape[1], right3.shape[1]
-    mid = ws.mid[:T * rows * k].reshape(T, rows, k)
-    np.matmul(left3, right3.transpose(0, 2, 1), out=mid)
-    mid *= a
-    corr = ws.corr[:out3.size].reshape(out3.shape)
-    out3 -= np.matmul(mid, factor3, out=corr)
-
-
-def _adapted_forward(layers, a, Xq, S, Q, ws, act):
-    """Query forward pass at every task's adapted parameters:
-    ``Z^q_l = A^q W_l - a_l (A^q A_l^T) D_l + b_l'``."""
-    T, nq, _ = Xq.shape
-    Aq = Xq.reshape(T * nq, -1)
-    Q.A = [Aq]
-    for l, (W, _, _) in enumerate(layers):
-        np.matmul(Aq, W, out=Q.Z[l])
-        Z3 = Q.Z3(l)
-        _low_rank(Z3, Aq.reshape(T, nq, -1), S.A3(l), S.D3(l), a[l], ws)
-        Z3 += ws.b_adapted[l][:, None, :]
-        if l < len(layers) - 1:
-            K._activate(Q.H[l], Q.Z[l], act)
-            Aq = Q.H[l]
-            Q.A.append(Aq)
-
-
-def _adapted_backward(layers, a, S, Q, ws, act, u):
-    """Query backward pass at the adapted parameters; ``u`` receives the sum over tasks of the
-    query gradients (``u_W = sum_t A^q_t^T D^q_t``, one product over the stacked rows):
-    ``D^q_{l-1} = (D^q_l W_l^T - a_l (D^q_l D_l^T) A_l) * act'(Z^q_{l-1})``."""
-    T = ws.T
-    for l in range(len(layers) - 1, -1, -1):
-        uW, ub = _blocks(u, ws, l)
-        np.matmul(Q.A[l].T, Q.D[l], out=uW)
-        np.sum(Q.D[l], axis=0, out=ub)
-        if l > 0:
-            back = Q.D[l - 1]
-            np.matmul(Q.D[l], layers[l][0].T, out=back)
-            _low_rank(back.reshape(T, Q.n, -1), Q.D3(l), S.D3(l), S.A3(l), a[l], ws)
-            K._back_through_d1(back, Q.Z[l - 1], act)
-
-
-def _hvp(layers, a, loss, S, Q, ws, act, hv):
-    """``hv = sum_t H_S,t(theta) v_t`` with ``v_t = precond * u_t``: the R-forward and R-backward
-    passes over the support rows (meta_passes._hvp), ``v_t``'s weight products low-rank."""
-    T, n, L = ws.T, S.n, len(layers)
-    R = ws.tangent
-    for l, (W, _, p) in enumerate(layers):  # R-forward: Z_dot_l = A_l V_l + H_dot_{l-1} W_l + v_b
+def _hvp_step(Ws, terms, a, p_bias, u_terms, u_bias, S, R, ws, act, loss):
+    """``u <- u - H_S(theta_k) v`` for every task, ``v = P * u``: the R-forward and R-backward passes
+    (meta_passes._hvp) over the stored support pass ``S`` at ``theta_k`` (``terms``: its weights),
+    into the tangent pass ``R``. ``v``'s weight terms are ``u``'s times ``a_l``; the pass adds
+    ``-A^T D_dot`` and ``-H_dot^T D`` to ``u``'s terms and ``-1^T D_dot`` to ``u``'s bias."""
+    L = len(Ws)
+    v_terms = [[(a[l] * c, Lt, Rt) for c, Lt, Rt in u_terms[l]] for l in range(L)]
+    for l in range(L):  # R-forward: Z_dot_l = A_l V_l + H_dot_{l-1} W_{l,k} + v_b
         Zd3 = R.Z3(l)
-        np.sum(Q.D3(l), axis=1, out=ws.v_bias[l])  # the bias block of u_t, per task ...
-        ws.v_bias[l] *= p  # ... times its step: v_t's bias block
-        Zd3[...] = ws.v_bias[l][:, None, :]
         if l > 0:
-            R.Z[l] += np.matmul(R.H[l - 1], W, out=ws.rows[l])
-        _low_rank(Zd3, S.A3(l), Q.A3(l), Q.D3(l), -a[l], ws)
+            _times(Zd3, R.H3(l - 1), Ws[l], terms[l], ws)
+        else:
+            Zd3[...] = 0
+        _add_terms(Zd3, S.A3(l), v_terms[l], ws)
+        Zd3 += (u_bias[l] * p_bias[l])[:, None, :]
         if l < L - 1:
             K._tangent_through_activation(R.H[l], S.Z[l], R.Z[l], act)
     out_dot, dout_dot = R.Z3(L - 1), R.D3(L - 1)
-    for t in range(T):
+    for t in range(out_dot.shape[0]):
         if loss == MSE:
             K.mse_r_kernel(out_dot[t], dout_dot[t])
         else:
             K.xent_r_kernel(S.P[t], out_dot[t], dout_dot[t])
     for l in range(L - 1, -1, -1):  # R-backward
-        hW, hb = _blocks(hv, ws, l)
-        np.matmul(S.A[l].T, R.D[l], out=hW)
+        u_terms[l].append((-1.0, S.A3(l), R.D3(l)))
+        u_bias[l] -= R.D3(l).sum(axis=1)
         if l > 0:
-            hW += np.matmul(R.H[l - 1].T, S.D[l], out=ws.weights[l])
-        np.sum(R.D[l], axis=0, out=hb)
-        if l > 0:  # D_dot_{l-1} = D_dot_l W_l^T + D_l V_l^T, through the activation
-            back_dot = R.D[l - 1]
-            np.matmul(R.D[l], layers[l][0].T, out=back_dot)
-            _low_rank(back_dot.reshape(T, n, -1), S.D3(l), Q.D3(l), Q.A3(l), -a[l], ws)
+            u_terms[l].append((-1.0, R.H3(l - 1), S.D3(l)))
+            back_dot = R.D3(l - 1)  # D_dot_l W_{l,k}^T + D_l V_l^T, then through the activation
+            _times(back_dot, R.D3(l), Ws[l], terms[l], ws, transpose=True)
+            _add_terms(back_dot, S.D3(l), v_terms[l], ws, transpose=True)
             if act == RELU:  # act'' = 0
-                K._back_through_d1(back_dot, S.Z[l - 1], act)
-            else:  # S.back is not read again in this call
-                K._back_through_activation(S.back[l - 1], back_dot, S.Z[l - 1], R.Z[l - 1], act)
+                K._back_through_d1(R.D[l - 1], S.Z[l - 1], act)
+            else:  # S.back: dL/dH of the support pass; not read again in this call
+                K._back_through_activation(S.back[l - 1], R.D[l - 1], S.Z[l - 1], R.Z[l - 1], act)
 
 
 def _blocks(flat, ws, l):
@@ -276,8 +292,8 @@ def _blocks(flat, ws, l):
 # -------------------------------------------------------------- workspaces
 class _Pass:
     """One pass over ``T`` tasks of ``n`` rows: per layer ``Z``, ``H`` (hidden layers), ``D``
-    (``dL/dZ``), ``back`` (``dL/dH`` of hidden layers), all (T * n, width); ``P`` the softmax
-    (T, n, C); ``A`` the inputs of the layers, set by the forward pass."""
+    (``dL/dZ``), ``back`` (``dL/dH`` of hidden layers), all (T * n, width), with (T, n, width)
+    views ``Z3`` ...; ``P`` the softmax (T, n, C); ``A`` the layers' inputs, set by ``_forward``."""
 
     def __init__(self, widths, T, n, dt):
         self.T, self.n = T, n
@@ -291,34 +307,42 @@ class _Pass:
     def Z3(self, l):
         return self.Z[l].reshape(self.T, self.n, -1)
 
+    def H3(self, l):
+        return self.H[l].reshape(self.T, self.n, -1)
+
     def D3(self, l):
         return self.D[l].reshape(self.T, self.n, -1)
 
+    def back3(self, l):
+        return self.back[l].reshape(self.T, self.n, -1)
+
     def A3(self, l):
-        return self.A[l].reshape(self.T, self.n, -1)
+        return self.A[l]
 
 
 class _Workspace:
-    """Everything one call writes, for one meta-batch shape."""
+    """Everything one call writes, for one meta-batch shape: a support pass and a tangent pass per
+    step (the terms refer to them until the call ends), the query pass, the per-task biases of
+    every iterate, scratch for the thin products."""
 
-    def __init__(self, net, T, n, nq):
+    def __init__(self, net, T, n, nq, steps):
         dt, widths = np.dtype(net.dtype), list(net.sizes[1:])
-        self.T = T
         self.shapes = list(zip(net.sizes[:-1], net.sizes[1:]))
         self.offsets = list(net.layer_offsets)
-        self.support, self.query, self.tangent = (_Pass(widths, T, n, dt), _Pass(widths, T, nq, dt),
-                                                  _Pass(widths, T, n, dt))
-        self.b_adapted = [np.empty((T, w), dt) for w in widths]
-        self.v_bias = [np.empty((T, w), dt) for w in widths]
-        self.mid = np.empty(T * n * nq, dt)
-        self.corr = np.empty(T * max(n, nq) * max(widths), dt)
-        self.rows = [np.empty((T * n, w), dt) for w in widths]
+        self.support = [_Pass(widths, T, n, dt) for _ in range(steps)]
+        self.tangent = [_Pass(widths, T, n, dt) for _ in range(steps)]
+        self.query = _Pass(widths, T, nq, dt)
+        self.bias = [[np.empty((T, w), dt) for w in widths] for _ in range(steps + 1)]
+        self.u_bias = [np.empty((T, w), dt) for w in widths]
+        rank = max(n, nq)
+        self.mid = np.empty(T * max(n, nq) * rank, dt)
+        self.corr = np.empty(T * max(n, nq) * max(widths + list(net.sizes[:1])), dt)
         self.weights = [np.empty(shape, dt) for shape in self.shapes]
-        self.u, self.hv = np.empty(net.n_params, dt), np.empty(net.n_params, dt)
+        self.grad = np.empty(net.n_params, dt)
 
 
 @lru_cache(maxsize=4)
-def _workspace(net, T, n, nq, thread):
+def _workspace(net, T, n, nq, steps, thread):
     """The ``_Workspace`` of a meta-batch shape, made once: a training loop calls with one shape
     thousands of times. ``thread`` (the caller's thread id) keeps two threads from sharing one."""
-    return _Workspace(net, T, n, nq)
+    return _Workspace(net, T, n, nq, steps)
