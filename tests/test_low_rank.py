@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+from task_batches import random_batch
 
 import tinymeta as tm
 from tinymeta import gradcheck as gc
@@ -19,16 +20,6 @@ SHAPES = [  # (sizes, activation, loss)
     ((4, 9, 3), "softplus", "xent"),
     ((5, 3), "tanh", "mse"),  # one affine layer: no hidden activation
 ]
-
-
-def _batch(net, rng, T, K=5, Q=6):
-    d_in, d_out = net.sizes[0], net.sizes[-1]
-    Xs = rng.standard_normal((T, K, d_in)).astype(net.dtype)
-    Xq = rng.standard_normal((T, Q, d_in)).astype(net.dtype)
-    if net.loss_name == "xent":
-        return tm.TaskBatch(Xs, rng.integers(0, d_out, (T, K)), Xq, rng.integers(0, d_out, (T, Q)))
-    return tm.TaskBatch(Xs, rng.standard_normal((T, K, d_out)).astype(net.dtype), Xq,
-                        rng.standard_normal((T, Q, d_out)).astype(net.dtype))
 
 
 def _precond(net, rng, kind):
@@ -47,7 +38,7 @@ def _precond(net, rng, kind):
 def _problem(sizes, activation, loss, rng, T=7, dtype="float64", K=5, Q=6):
     net = tm.MLP(sizes, activation=activation, loss=loss, dtype=dtype)
     theta = (net.init(rng) + 0.1 * rng.standard_normal(net.n_params)).astype(dtype)
-    return net, theta, _batch(net, rng, T, K, Q)
+    return net, theta, random_batch(net, rng, T, K, Q)
 
 
 @pytest.mark.kernels
@@ -95,7 +86,7 @@ def test_workspaces_carry_nothing_between_calls(rng):
     """A call on other data between two calls on the same data changes nothing (the
     workspaces of a shape are reused), and no input is written."""
     net, theta, batch = _problem((784, 20, 12, 5), "relu", "xent", rng)
-    other = _batch(net, rng, 7)
+    other = random_batch(net, rng, 7)
     precond = _precond(net, rng, "maml")
     copies = [a.copy() for a in (theta, precond, *batch)]
     first = low_rank.meta_loss_and_grad(net, theta, batch, precond)
@@ -141,7 +132,7 @@ def test_what_it_takes(rng, monkeypatch):
                   tm.MLP(net.sizes, activation="tanh", loss="xent", batchnorm=True)):
         assert not low_rank.applies(other, batch, np.full(other.n_params, 0.1), 1, False)
     assert not low_rank.applies(net, tm.TaskBatch(*(a[:1] for a in batch)), precond, 1, False)  # one task
-    wide = _batch(net, rng, 7, K=40)  # 40 support rows: the rank-46 terms cost more than the matrices
+    wide = random_batch(net, rng, 7, K=40)  # 40 support rows: the rank-46 terms cost more than the matrices
     assert low_rank._saving(net, 40 + 6) < low_rank.MIN_SAVING <= low_rank._saving(net, 5 + 6)
     assert not low_rank.applies(net, wide, precond, 1, False)
     with pytest.raises(ValueError, match="one step size per weight matrix"):
@@ -162,7 +153,7 @@ def test_the_shipped_thresholds(rng):
                                       (omniglot20, 16, 20, 20, 5, True), (omniglot20, 16, 100, 100, 5, False),
                                       (omniglot, 1, 5, 25, 1, False), (sinusoid, 25, 10, 10, 1, False),
                                       (sinusoid, 1000, 10, 10, 1, False)):
-        batch = _batch(net, rng, T, K, Q)
+        batch = random_batch(net, rng, T, K, Q)
         assert low_rank.applies(net, batch, np.full(net.n_params, 0.4, np.float32), steps, False) is want
 
 

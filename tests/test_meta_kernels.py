@@ -2,6 +2,7 @@
 the per-task reference loops of inner_loop.py: 1e-12 relative in float64."""
 import numpy as np
 import pytest
+from task_batches import random_batch
 
 import tinymeta as tm
 from tinymeta import evaluate
@@ -19,16 +20,6 @@ SHAPES = [  # (sizes, activation, loss)
 ]
 
 
-def _batch(net, rng, T, K=5, Q=6):
-    d_in, d_out = net.sizes[0], net.sizes[-1]
-    Xs, Xq = rng.standard_normal((T, K, d_in)), rng.standard_normal((T, Q, d_in))
-    Xs, Xq = Xs.astype(net.dtype), Xq.astype(net.dtype)
-    if net.loss_name == "xent":
-        return tm.TaskBatch(Xs, rng.integers(0, d_out, (T, K)), Xq, rng.integers(0, d_out, (T, Q)))
-    return tm.TaskBatch(Xs, rng.standard_normal((T, K, d_out)).astype(net.dtype), Xq,
-                        rng.standard_normal((T, Q, d_out)).astype(net.dtype))
-
-
 def _precond(net, rng, kind):
     if kind == "maml":
         return np.full(net.n_params, 0.05, dtype=net.dtype)
@@ -40,7 +31,7 @@ def _precond(net, rng, kind):
 def _problem(sizes, activation, loss, rng, T=11, dtype="float64"):
     net = tm.MLP(sizes, activation=activation, loss=loss, dtype=dtype)
     theta = (net.init(rng) + 0.1 * rng.standard_normal(net.n_params)).astype(dtype)
-    return net, theta, _batch(net, rng, T)
+    return net, theta, random_batch(net, rng, T)
 
 
 def _assert_close(got, want, tol):
