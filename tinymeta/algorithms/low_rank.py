@@ -147,7 +147,7 @@ def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
         _task_losses(loss, S, Ys)
         _backward(Ws, terms, S, ws, act)
         for l in range(L):
-            terms[l].append((-a[l], S.A3(l), S.D3(l)))
+            terms[l].append((-a[l], S.A[l], S.D3(l)))
             np.sum(S.D3(l), axis=1, out=ws.bias[k + 1][l])  # b_{k+1} = b_k - p * (column sums of D)
             ws.bias[k + 1][l] *= -p_bias[l]
             ws.bias[k + 1][l] += ws.bias[k][l]
@@ -155,7 +155,7 @@ def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
     _forward(Ws, terms, ws.bias[steps], Xq, Q, ws, act)
     total = _task_losses(loss, Q, Yq)
     _backward(Ws, terms, Q, ws, act)
-    u_terms = [[(1.0, Q.A3(l), Q.D3(l))] for l in range(L)]  # u_t, the query gradient, per task
+    u_terms = [[(1.0, Q.A[l], Q.D3(l))] for l in range(L)]  # u_t, the query gradient, per task
     u_bias = ws.u_bias
     for l in range(L):
         np.sum(Q.D3(l), axis=1, out=u_bias[l])
@@ -258,7 +258,7 @@ def _hvp_step(Ws, terms, a, p_bias, u_terms, u_bias, S, R, ws, act, loss):
             _times(Zd3, R.H3(l - 1), Ws[l], terms[l], ws)
         else:
             Zd3[...] = 0
-        _add_terms(Zd3, S.A3(l), v_terms[l], ws)
+        _add_terms(Zd3, S.A[l], v_terms[l], ws)
         Zd3 += (u_bias[l] * p_bias[l])[:, None, :]
         if l < L - 1:
             K._tangent_through_activation(R.H[l], S.Z[l], R.Z[l], act)
@@ -269,7 +269,7 @@ def _hvp_step(Ws, terms, a, p_bias, u_terms, u_bias, S, R, ws, act, loss):
         else:
             K.xent_r_kernel(S.P[t], out_dot[t], dout_dot[t])
     for l in range(L - 1, -1, -1):  # R-backward
-        u_terms[l].append((-1.0, S.A3(l), R.D3(l)))
+        u_terms[l].append((-1.0, S.A[l], R.D3(l)))
         u_bias[l] -= R.D3(l).sum(axis=1)
         if l > 0:
             u_terms[l].append((-1.0, R.H3(l - 1), S.D3(l)))
@@ -316,9 +316,6 @@ class _Pass:
     def back3(self, l):
         return self.back[l].reshape(self.T, self.n, -1)
 
-    def A3(self, l):
-        return self.A[l]
-
 
 class _Workspace:
     """Everything one call writes, for one meta-batch shape: a support pass and a tangent pass per
@@ -334,9 +331,9 @@ class _Workspace:
         self.query = _Pass(widths, T, nq, dt)
         self.bias = [[np.empty((T, w), dt) for w in widths] for _ in range(steps + 1)]
         self.u_bias = [np.empty((T, w), dt) for w in widths]
-        rank = max(n, nq)
-        self.mid = np.empty(T * max(n, nq) * rank, dt)
-        self.corr = np.empty(T * max(n, nq) * max(widths + list(net.sizes[:1])), dt)
+        rows = max(n, nq)  # of a pass; also the rank of a term
+        self.mid = np.empty(T * rows * rows, dt)
+        self.corr = np.empty(T * rows * max(widths), dt)
         self.weights = [np.empty(shape, dt) for shape in self.shapes]
         self.grad = np.empty(net.n_params, dt)
 
