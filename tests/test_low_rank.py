@@ -1,5 +1,5 @@
-"""The one-step stacked / low-rank meta-batch (algorithms/low_rank.py) against the per-task
-reference loops of inner_loop.py (1e-12 relative in float64), finite differences of the
+"""The stacked / low-rank meta-batch (algorithms/low_rank.py) against the per-task reference
+loops of inner_loop.py (1e-12 relative in float64, 1-3 inner steps), finite differences of the
 meta-objective, and where inner_loop.meta_loss_and_grad sends a call."""
 import threading
 

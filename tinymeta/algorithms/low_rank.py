@@ -174,11 +174,8 @@ def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
 # ----------------------------------------------------------------- products
 def _times(out3, rows3, W, terms, ws, transpose=False):
     """``out3[t] = rows3[t] @ M_t`` (``M_t^T`` if transpose) for ``M_t = W + sum c L_t^T R_t`` over
-    ``terms``: one product with ``W`` for the rows of every task, then ``_add_terms``. ``W`` None: 0."""
-    if W is None:
-        out3[...] = 0
-    else:
-        np.matmul(rows3.reshape(-1, rows3.shape[2]), W.T if transpose else W, out=out3.reshape(-1, out3.shape[2]))
+    ``terms``: one product with ``W`` for the rows of every task, then ``_add_terms``."""
+    np.matmul(rows3.reshape(-1, rows3.shape[2]), W.T if transpose else W, out=out3.reshape(-1, out3.shape[2]))
     _add_terms(out3, rows3, terms, ws, transpose)
 
 
