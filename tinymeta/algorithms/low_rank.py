@@ -145,7 +145,7 @@ def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
         S = ws.support[k]
         _forward(Ws, terms, ws.bias[k], Xs, S, ws, act)
         _task_losses(loss, S, Ys)
-        _backward(Ws, terms, S, ws, act)
+        _backward(Ws, terms, S, ws, act, keep_back=not first_order and act != RELU)
         for l in range(L):
             terms[l].append((-a[l], S.A[l], S.D3(l)))
             np.sum(S.D3(l), axis=1, out=ws.bias[k + 1][l])  # b_{k+1} = b_k - p * (column sums of D)
@@ -232,13 +232,14 @@ def _task_losses(loss, R, Y):
     return total
 
 
-def _backward(Ws, terms, R, ws, act):
+def _backward(Ws, terms, R, ws, act, keep_back=False):
     """``D_l = dL/dZ_l`` of every layer from the output block (reference.backward_pass):
-    ``dL/dH_{l-1} = D_l W_l^T`` at the adapted ``W_l`` (kept in ``R.back`` for the HVP), then
-    through the activation."""
+    ``dL/dH_{l-1} = D_l W_l^T`` at the adapted ``W_l`` (copied into ``R.back`` if ``keep_back``:
+    the HVP of a non-ReLU net reads it), then through the activation."""
     for l in range(len(Ws) - 1, 0, -1):
-        _times(R.back3(l - 1), R.D3(l), Ws[l], terms[l], ws, transpose=True)
-        np.copyto(R.D[l - 1], R.back[l - 1])
+        _times(R.D3(l - 1), R.D3(l), Ws[l], terms[l], ws, transpose=True)
+        if keep_back:
+            np.copyto(R.back[l - 1], R.D[l - 1])
         K._back_through_d1(R.D[l - 1], R.Z[l - 1], act)
 
 
@@ -310,8 +311,6 @@ class _Pass:
     def D3(self, l):
         return self.D[l].reshape(self.T, self.n, -1)
 
-    def back3(self, l):
-        return self.back[l].reshape(self.T, self.n, -1)
 
 
 class _Workspace:

@@ -13,7 +13,8 @@ twins in ``blas_passes.py`` (BLAS products into workspaces reused from call
 to call); from ``REFERENCE_MIN_WORK`` on, ``jvp``, ``hvp`` and
 batch-normalised nets go to ``reference.py``. They agree with the kernels to
 rounding (``tests/test_backends.py``); which one runs depends only on the
-shapes, so the same inputs always give the same bits.
+shapes, so the same inputs give the same bits (on the same number of
+OpenBLAS threads: BLAS may round differently on another; README, Speed).
 """
 from __future__ import annotations
 
