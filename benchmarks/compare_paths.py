@@ -1,7 +1,7 @@
 """The meta-batch paths of the gradient-based family against each other, in one process.
 
     NUMBA_NUM_THREADS=1 python -m benchmarks.compare_paths [--net NAME] [--steps K]
-        [--first-order] [--dtype float64|float32]
+        [--first-order] [--dtype float64|float32] [--predictions]
 
 Times, on the same meta-batch, the compiled per-task path
 (``meta_batch.meta_loss_and_grad``, without the gradient wrt the step
@@ -15,7 +15,15 @@ hits all. ``sinusoid``: 25 tasks, 10 support and
 ``omniglot``: 32 tasks, 5-way 1-shot, 15 queries per class, 784-256-128-64-64-5,
 xent, step 0.4 (random data of that shape); ``omniglot-q5``: the same with 5
 queries per class; ``omniglot-20w1s``: 16 tasks, 20-way 1-shot, 1 query per
-class, step 0.1 (Finn et al.'s 20-way settings; use ``--steps 5``).
+class, step 0.1 (Finn et al.'s 20-way settings; use ``--steps 5``);
+``omniglot-eval``: 50 tasks, 5-way 1-shot, 15 queries per class, step 0.01
+(a chunk of the evaluation's episodes; with random inputs a larger step
+makes tasks diverge, whose predictions the low-rank path computes again).
+
+``--predictions`` times the evaluation's call instead (``inner_loop.predictions``
+of every task after ``0..K`` steps): ``meta_batch.predictions``,
+``low_rank.predictions`` and the reference loop (``reference_predictions``
+task by task), and says how many tasks diverged.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ NETS = {  # sizes, loss, tasks, support rows, query rows, inner step
     "omniglot": ((784, 256, 128, 64, 64, 5), "xent", 32, 5, 75, 0.4),
     "omniglot-q5": ((784, 256, 128, 64, 64, 5), "xent", 32, 5, 25, 0.4),
     "omniglot-20w1s": ((784, 256, 128, 64, 64, 20), "xent", 16, 20, 20, 0.1),
+    "omniglot-eval": ((784, 256, 128, 64, 64, 5), "xent", 50, 5, 75, 0.01),
 }
 
 
@@ -56,6 +65,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--predictions", action="store_true", help="time the evaluation's predictions")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the two paths")
     args = parser.parse_args(argv)
     import numba
@@ -64,10 +74,21 @@ def main(argv=None):
 
     net, theta, batch, precond = problem(args.net, args.dtype, np.random.default_rng(0))
     K, first_order = args.steps, args.first_order
-    paths = {"compiled": lambda: meta_batch.meta_loss_and_grad(net, theta, batch, precond, K, first_order, False)}
-    if K >= 1:
-        paths["low-rank"] = lambda: low_rank.meta_loss_and_grad(net, theta, batch, precond, K, first_order)
-    paths["reference"] = lambda: inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, K, first_order)
+    if args.predictions:
+        data = (batch.X_support, batch.y_support, batch.X_query, precond, K)
+        paths = {"compiled": lambda: meta_batch.predictions(net, theta, *data),
+                 "low-rank": lambda: low_rank.predictions(net, theta, *data),
+                 "reference": lambda: np.stack([inner_loop.reference_predictions(
+                     net, theta, *(a[i] for a in data[:3]), precond, K) for i in range(batch.n_tasks)])}
+        diverged = np.isnan(paths["compiled"]()[:, -1]).any(axis=(1, 2)).sum()
+        print(f"predictions after 0..{K} steps; tasks that diverge: {diverged} of {batch.n_tasks}")
+    else:
+        paths = {"compiled": lambda: meta_batch.meta_loss_and_grad(net, theta, batch, precond, K, first_order,
+                                                                   False)}
+        if K >= 1:
+            paths["low-rank"] = lambda: low_rank.meta_loss_and_grad(net, theta, batch, precond, K, first_order)
+        paths["reference"] = lambda: inner_loop.reference_meta_loss_and_grad(net, theta, batch, precond, K,
+                                                                             first_order)
     medians = {name: [] for name in paths}
     for _ in range(args.rounds):
         for name, fn in paths.items():

@@ -9,7 +9,7 @@ from task_batches import random_batch
 
 import tinymeta as tm
 from tinymeta import gradcheck as gc
-from tinymeta.algorithms import anil, inner_loop, low_rank, maml, meta_batch
+from tinymeta.algorithms import anil, batched_predict, inner_loop, low_rank, maml, meta_batch
 
 TOL64 = 1e-12
 SHAPES = [  # (sizes, activation, loss)
@@ -173,3 +173,127 @@ def test_inner_loop_sends_calls_by_size(threshold, path, steps, rng, monkeypatch
     want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, maml.preconditioner(net, config), steps)
     assert calls == [path]
     assert gc.rel_error(loss, want[0]) <= TOL64 and gc.rel_error(grad, want[1]) <= TOL64
+
+
+# ----------------------------------------------------------------- predictions
+def _reference_predictions(net, theta, batch, precond, steps):
+    return np.stack([inner_loop.reference_predictions(net, theta, batch.X_support[i], batch.y_support[i],
+                                                      batch.X_query[i], precond, steps)
+                     for i in range(batch.n_tasks)])
+
+
+@pytest.mark.parametrize("sizes, activation, loss", SHAPES)
+@pytest.mark.parametrize("kind", ["maml", "per_layer", "anil"])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_predictions_match_reference_in_float64(sizes, activation, loss, kind, steps, rng):
+    net, theta, batch = _problem(sizes, activation, loss, rng)
+    precond = _precond(net, rng, kind)
+    got = low_rank.predictions(net, theta, batch.X_support, batch.y_support, batch.X_query, precond, steps)
+    want = _reference_predictions(net, theta, batch, precond, steps)
+    assert got.shape == want.shape == (7, steps + 1, 6, sizes[-1]) and np.isfinite(want).all()
+    assert gc.rel_error(got, want) <= TOL64
+
+
+def test_predictions_in_float32_match_float64(rng):
+    net, theta, batch = _problem((784, 20, 12, 5), "tanh", "xent", rng)
+    net32 = tm.MLP(net.sizes, activation="tanh", loss="xent", dtype="float32")
+    batch32 = tm.TaskBatch(*(a.astype(np.float32) if a.dtype.kind == "f" else a for a in batch))
+    precond = _precond(net, rng, "maml")
+    got = low_rank.predictions(net32, theta.astype(np.float32), batch32.X_support, batch32.y_support,
+                               batch32.X_query, precond.astype(np.float32), 3)
+    assert got.dtype == np.float32
+    assert gc.rel_error(got, _reference_predictions(net, theta, batch, precond, 3)) <= gc.FLOAT32_TOL
+
+
+@pytest.mark.parametrize("dtype, kind, activation, scale", [  # 2-5 of 12 tasks diverge, at steps 5-10
+    ("float64", "maml", "relu", 1000), ("float32", "maml", "relu", 30), ("float32", "maml", "softplus", 30),
+    ("float32", "anil", "relu", 100), ("float32", "anil", "softplus", 30)])
+def test_diverging_tasks_are_nan_from_the_reference_step(dtype, kind, activation, scale, rng, monkeypatch):
+    """Steps so large that some tasks overflow: the NaN pattern is the reference's, the other
+    outputs agree, and only the tasks that left the sure range were computed again by the
+    per-task path."""
+    net, theta, batch = _problem((3, 8, 6, 2), activation, "mse", rng, T=12, dtype=dtype, K=4, Q=3)
+    precond = _precond(net, rng, kind) * scale
+    again = []
+    real = meta_batch.predictions
+    monkeypatch.setattr(meta_batch, "predictions", lambda net, theta, Xs, *a: again.append(len(Xs)) or
+                        real(net, theta, Xs, *a))
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = low_rank.predictions(net, theta, batch.X_support, batch.y_support, batch.X_query, precond, 10)
+        want = _reference_predictions(net, theta, batch, precond, 10)
+    diverged = np.isnan(want).any(axis=(2, 3))
+    assert 0 < diverged[:, -1].sum() < 12
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want)
+    tol = TOL64 if dtype == "float64" else gc.FLOAT32_TOL
+    assert np.allclose(got[finite], want[finite], rtol=1e3 * tol, atol=0)  # values grow over steps
+    assert again and diverged[:, -1].sum() <= again[0] < 12
+
+
+def test_predictions_near_overflow_are_computed_again(rng, monkeypatch):
+    """A task whose values pass SURE_LIMIT goes to the per-task path even when nothing overflowed."""
+    net, theta, batch = _problem((3, 8, 6, 2), "tanh", "mse", rng, T=5, K=4, Q=3)
+    precond = _precond(net, rng, "maml")
+    want = low_rank.predictions(net, theta, batch.X_support, batch.y_support, batch.X_query, precond, 3)
+    again = []
+    real = meta_batch.predictions
+    monkeypatch.setattr(meta_batch, "predictions", lambda net, theta, Xs, *a: again.append(len(Xs)) or
+                        real(net, theta, Xs, *a))
+    low_rank.predictions(net, theta, batch.X_support, batch.y_support, batch.X_query, precond, 3)
+    assert again == []
+    monkeypatch.setattr(low_rank, "SURE_LIMIT", 1e-308)  # every value is now "near overflow"
+    got = low_rank.predictions(net, theta, batch.X_support, batch.y_support, batch.X_query, precond, 3)
+    assert again == [5] and gc.rel_error(got, want) <= TOL64
+
+
+def test_predictions_carry_nothing_between_calls(rng):
+    net, theta, batch = _problem((784, 20, 12, 5), "relu", "xent", rng)
+    other = random_batch(net, rng, 7)
+    precond = _precond(net, rng, "maml")
+    copies = [a.copy() for a in (theta, precond, *batch)]
+    first = low_rank.predictions(net, theta, batch.X_support, batch.y_support, batch.X_query, precond, 3)
+    low_rank.predictions(net, theta + 0.5, other.X_support, other.y_support, other.X_query, precond, 3)
+    low_rank.meta_loss_and_grad(net, theta, other, precond, 3)  # the same workspace shape
+    again = low_rank.predictions(net, theta, batch.X_support, batch.y_support, batch.X_query, precond, 3)
+    assert np.array_equal(first, again)
+    assert all(np.array_equal(a, b) for a, b in zip(copies, (theta, precond, *batch)))
+
+
+def test_predicts_and_its_refusals(rng):
+    """The Omniglot net's 5-way 1-shot evaluation (10 steps, 50 tasks a call) takes this path;
+    5-shot and 20-way 1-shot (measured slower or even), one task, no step, Meta-SGD's
+    per-parameter steps and the sinusoid net do not; predictions refuses what it cannot take."""
+    omniglot = tm.MLP([784, 256, 128, 64, 64, 5], loss="xent", dtype="float32")
+    omniglot20 = tm.MLP([784, 256, 128, 64, 64, 20], loss="xent", dtype="float32")
+    sinusoid = tm.MLP([1, 40, 40, 1], dtype="float32")
+    for net, T, K, Q, steps, want in ((omniglot, 50, 5, 75, 10, True), (omniglot, 50, 5, 75, 1, True),
+                                      (omniglot, 50, 25, 75, 10, False), (omniglot20, 50, 20, 300, 10, False),
+                                      (omniglot, 1, 5, 75, 10, False), (omniglot, 50, 5, 75, 0, False),
+                                      (sinusoid, 600, 10, 100, 10, False)):
+        b = random_batch(net, rng, T, K, Q)
+        precond = np.full(net.n_params, 0.4, np.float32)
+        assert low_rank.predicts(net, b.X_support, b.y_support, b.X_query, precond, steps) is want
+    b = random_batch(omniglot, rng, 50, 5, 75)
+    metasgd = rng.uniform(0.1, 0.5, omniglot.n_params).astype(np.float32)
+    assert not low_rank.predicts(omniglot, b.X_support, b.y_support, b.X_query, metasgd, 10)
+    with pytest.raises(ValueError, match="one step size per weight matrix"):
+        low_rank.predictions(omniglot, omniglot.init(rng), b.X_support, b.y_support, b.X_query, metasgd, 10)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        low_rank.predictions(omniglot, omniglot.init(rng), b.X_support, b.y_support, b.X_query, metasgd * 0, 0)
+
+
+@pytest.mark.parametrize("threshold, path", [(0, "low_rank"), (10**18, "meta_batch")])
+def test_inner_loop_sends_predictions_by_size(threshold, path, rng, monkeypatch):
+    monkeypatch.setattr(low_rank, "MIN_WORK", threshold)
+    net, theta, batch = _problem((40, 30, 3), "tanh", "xent", rng, K=2, Q=3)
+    calls = []
+    for module in (low_rank, meta_batch):
+        real = module.predictions
+        monkeypatch.setattr(module, "predictions",
+                            lambda *a, _real=real, _name=module.__name__.rsplit(".", 1)[1], **k:
+                            calls.append(_name) or _real(*a, **k))
+    config = maml.Config(inner_lr=0.1, inner_steps=1)
+    got = batched_predict.predict_batch(net, maml, {"theta": theta}, config, batch, 3)  # evaluation's call
+    want = _reference_predictions(net, theta, batch, maml.preconditioner(net, config), 3)
+    assert calls == [path]
+    assert gc.rel_error(got, want) <= TOL64

@@ -129,14 +129,17 @@ def predictions(model, theta, X_support, y_support, X_query, precond, steps):
 
     One task (``X_support`` of shape ``(K, d_in)``): ``reference_predictions``.
     Stacked tasks (``(T, K, d_in)``, leading axis = task) give
-    ``(T, steps + 1, Q, d_out)``, in one compiled call when
-    ``meta_batch.supports`` the model, else task by task.
+    ``(T, steps + 1, Q, d_out)``: through ``low_rank.predictions`` (the
+    adapted weights kept as terms) when ``low_rank.predicts``, else in one
+    compiled call when ``meta_batch.supports`` the model, else task by task.
 
     Returns
     -------
     (steps + 1, Q, d_out) array, or (T, steps + 1, Q, d_out) for stacked tasks
     """
     if np.ndim(X_support) == 3:
+        if low_rank.predicts(model, X_support, y_support, X_query, precond, steps):
+            return low_rank.predictions(model, theta, X_support, y_support, X_query, precond, steps)
         if meta_batch.supports(model, X_support, y_support, X_query):
             return meta_batch.predictions(model, theta, X_support, y_support, X_query, precond, steps)
         return np.stack([reference_predictions(model, theta, X_support[i], y_support[i], X_query[i],

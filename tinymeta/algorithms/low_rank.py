@@ -33,7 +33,11 @@ stacked rows of all tasks. No task's adapted parameters are ever formed.
 This computes what ``inner_loop.reference_meta_loss_and_grad`` computes
 (the tests pin the two, 1e-12 relative in float64) and is chosen by
 ``inner_loop.meta_loss_and_grad`` for large meta-batches (``applies``);
-everything else goes through ``meta_batch.py``. Products go to NumPy's BLAS
+everything else goes through ``meta_batch.py``. ``predictions`` does the
+same for evaluation (``inner_loop.predictions``, ``predicts``): every
+task's query outputs after ``0..K`` steps, the terms of each layer stacked
+into one (and the first layer's, whose input is the support set at every
+step, summed into one of rank ``n``). Products go to NumPy's BLAS
 (``np.matmul(..., out=...)``) into workspaces kept per meta-batch shape; the
 bias, activation and loss steps are the kernels of ``tinymeta.nn.kernels``.
 The same inputs give the same bits on the same number of OpenBLAS threads;
@@ -55,6 +59,7 @@ from . import meta_batch
 MIN_TASKS = 2  # one task has nothing to stack: the compiled per-task path was faster (Omniglot net, 5 + 25 rows)
 MIN_WORK = 2_000_000  # T x (K n + nq) x parameters: below, the per-task path was as fast or faster
 MIN_SAVING = 0.8  # the weight products per row / those of rank-(K n + nq) terms (``_saving``)
+SURE_LIMIT = 2.0 ** -16  # predictions: values below this fraction of the largest float (``predictions``)
 
 
 def applies(net, batch, precond, steps, precond_grad) -> bool:
@@ -171,6 +176,115 @@ def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
     return total / T, grad / T
 
 
+# -------------------------------------------------------------- predictions
+def predicts(net, X_support, y_support, X_query, precond, steps) -> bool:
+    """Whether ``predictions`` takes this call of ``inner_loop.predictions`` (stacked tasks).
+
+    As ``applies``: at least one step, a model that ``meta_batch.supports``,
+    one step size per weight matrix, ``MIN_TASKS`` tasks, ``MIN_WORK``
+    row-parameter products, and ``_saving`` at least ``MIN_SAVING`` for the
+    rank ``steps * n`` of the last step's terms. The Omniglot net's 5-way
+    1-shot evaluation (10 steps) qualifies; the sinusoid net's does not.
+    """
+    if steps < 1 or not meta_batch.supports(net, X_support, y_support, X_query):
+        return False
+    (T, n), nq = X_support.shape[:2], X_query.shape[1]
+    rank = steps * n
+    if T < MIN_TASKS or T * (steps * n + nq) * net.n_params < MIN_WORK or _saving(net, rank) < MIN_SAVING:
+        return False
+    precond = np.asarray(precond)
+    return precond.shape == (net.n_params,) and _weight_steps(net, precond) is not None
+
+
+def predictions(net, theta, X_support, y_support, X_query, precond, steps):
+    """``inner_loop.predictions`` for stacked tasks (``meta_batch.predictions``), the adapted
+    weights kept as terms: ``(T, steps + 1, Q, d_out)``, NaN from the step a task diverges.
+
+    Step ``k``'s query outputs are one forward pass at ``theta_k`` (``_forward``); the support
+    pass at ``theta_k`` adds step ``k``'s terms. ``X W_0`` of the first layer is the same at
+    every step (neither ``X`` nor the shared ``W_0`` changes) and is computed once.
+
+    The iterates are never formed, and near overflow a product taken term by term can overflow
+    where the formed matrix's does not (or the reverse). So a task is *sure* only while every
+    value of its passes, its biases and ``max|W| + sum_j |a| n max|A_j| max|D_j|`` (a bound on
+    every entry and partial sum of its weights and gradients, in any order) stay below
+    ``SURE_LIMIT`` times the largest float; the other tasks -- diverging ones -- are computed
+    again by ``meta_batch.predictions``, which forms the iterates and marks divergence as
+    ``inner_loop.reference_predictions`` does. A sure task never diverges.
+    """
+    theta = meta_batch._vector(net, theta, "theta")
+    precond = meta_batch._vector(net, precond, "precond")
+    a = _weight_steps(net, precond)
+    if a is None:
+        raise ValueError("precond must hold one step size per weight matrix for the low-rank path")
+    steps = int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1 for the low-rank path, got {steps}")
+    Xs = meta_batch._inputs(net, X_support, "X_support")
+    Xq = meta_batch._inputs(net, X_query, "X_query", Xs.shape[0])
+    (T, n, _), nq = Xs.shape, Xq.shape[1]
+    Ys = meta_batch._targets(net, y_support, T, n, "y_support")
+    ws = _workspace(net, T, n, nq, steps, threading.get_ident())
+    Ws, bs = zip(*net.unflatten(theta))
+    p_bias = [p for _, p in net.unflatten(precond)]
+    act, loss = get_activation(net.activation).code, get_loss(net.loss_name).code
+    L = len(Ws)
+    out = np.empty((T, steps + 1, nq, net.sizes[-1]), dtype=theta.dtype)
+    limit = float(np.finfo(theta.dtype).max) * SURE_LIMIT
+    bound = np.tile([float(np.abs(W).max(initial=0.0)) for W in Ws], (T, 1))  # (T, L)
+    sure = np.ones(T, dtype=bool)
+    # the first layer: A_j = X_support at every step, so W_{0,k} = W_0 + X_support^T Dbar[0] (rank n)
+    # and X W_{0,k} = X W_0 + (X X_support^T) Dbar[0], both products in brackets made once
+    XW = [np.matmul(X.reshape(-1, X.shape[2]), Ws[0]).reshape(T, X.shape[1], -1) for X in (Xq, Xs)]
+    XXs = [np.matmul(X, Xs.transpose(0, 2, 1)) for X in (Xq, Xs)]
+    first = [np.empty_like(P) for P in XW]
+    terms = [[] for _ in range(L)]  # one term per layer (below)
+    Abar = [None] + [np.empty((T, steps * n, d), theta.dtype) for d in net.sizes[1:-1]]
+    Dbar = [np.zeros((T, n, net.sizes[1]), theta.dtype)] + [np.empty((T, steps * n, d), theta.dtype)
+                                                             for d in net.sizes[2:]]
+    for l in range(L):
+        ws.bias[0][l][...] = bs[l]
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging task's values: it is not sure
+        for k in range(steps + 1):
+            for i in range(1 if k == steps else 2):
+                np.matmul(XXs[i], Dbar[0], out=first[i])
+                first[i] += XW[i]
+            _forward(Ws, terms, ws.bias[k], Xq, ws.query, ws, act, first[0])
+            out[:, k] = ws.query.Z3(L - 1)
+            sure &= _below(out[:, k], limit)
+            if k == steps:
+                break
+            S = ws.support[k]
+            _forward(Ws, terms, ws.bias[k], Xs, S, ws, act, first[1])
+            _task_losses(loss, S, Ys)
+            _backward(Ws, terms, S, ws, act)
+            for l in range(L):  # W_{l,k+1} = W_l + sum_{j<=k} A_j^T (-a D_j)
+                A3, D3 = S.A[l], S.D3(l)
+                if l == 0:  # X_support^T Dbar[0], Dbar[0] = -a sum_j D_j: used through ``first``
+                    Dbar[0] -= a[0] * D3
+                elif a[l] != 0:  # one term: every step's A_j, -a D_j stacked on the rows (rank (k + 1) n)
+                    rows = slice(k * n, (k + 1) * n)
+                    Abar[l][:, rows] = A3
+                    np.multiply(D3, -a[l], out=Dbar[l][:, rows])
+                    terms[l] = [(1.0, Abar[l][:, :(k + 1) * n], Dbar[l][:, :(k + 1) * n])]
+                np.sum(D3, axis=1, out=ws.bias[k + 1][l])
+                ws.bias[k + 1][l] *= -p_bias[l]
+                ws.bias[k + 1][l] += ws.bias[k][l]
+                gradient = n * np.abs(A3).max(axis=(1, 2)).astype(np.float64) * np.abs(D3).max(axis=(1, 2))
+                bound[:, l] += abs(float(a[l])) * gradient
+                sure &= (gradient < limit) & (bound[:, l] < limit) & _below(ws.bias[k + 1][l], limit)
+    if not sure.all():
+        again = ~sure
+        out[again] = meta_batch.predictions(net, theta, Xs[again], np.asarray(y_support)[again], Xq[again],
+                                            precond, steps)
+    return out
+
+
+def _below(x, limit):
+    """Per task (leading axis), whether every entry of ``x`` is finite and below ``limit`` in magnitude."""
+    return (np.abs(x) < limit).reshape(x.shape[0], -1).all(axis=1)
+
+
 # ----------------------------------------------------------------- products
 def _times(out3, rows3, W, terms, ws, transpose=False):
     """``out3[t] = rows3[t] @ M_t`` (``M_t^T`` if transpose) for ``M_t = W + sum c L_t^T R_t`` over
@@ -205,13 +319,17 @@ def _sum_terms(out, terms, scratch):
 
 
 # ----------------------------------------------------------------- passes
-def _forward(Ws, terms, bias, X, R, ws, act):
+def _forward(Ws, terms, bias, X, R, ws, act, first=None):
     """Forward pass of every task at its adapted parameters (``terms``, per-task ``bias``) into the
-    pass ``R`` (reference.forward_pass)."""
+    pass ``R`` (reference.forward_pass). ``first``: the first layer's ``X W_{0,k}`` computed by the
+    caller (``predictions``), or None."""
     R.A = [X] + [R.H3(l) for l in range(len(Ws) - 1)]
     for l, W in enumerate(Ws):
         Z3 = R.Z3(l)
-        _times(Z3, R.A[l], W, terms[l], ws)
+        if l == 0 and first is not None:
+            np.copyto(Z3, first)
+        else:
+            _times(Z3, R.A[l], W, terms[l], ws)
         Z3 += bias[l][:, None, :]
         if l < len(Ws) - 1:
             K._activate(R.H[l], R.Z[l], act)
@@ -327,8 +445,8 @@ class _Workspace:
         self.query = _Pass(widths, T, nq, dt)
         self.bias = [[np.empty((T, w), dt) for w in widths] for _ in range(steps + 1)]
         self.u_bias = [np.empty((T, w), dt) for w in widths]
-        rows = max(n, nq)  # of a pass; also the rank of a term
-        self.mid = np.empty(T * rows * rows, dt)
+        rows = max(n, nq)  # of a pass; also the rank of a term (``predictions``: up to steps * n)
+        self.mid = np.empty(T * rows * max(rows, steps * n), dt)
         self.corr = np.empty(T * rows * max(widths), dt)
         self.weights = [np.empty(shape, dt) for shape in self.shapes]
         self.grad = np.empty(net.n_params, dt)
