@@ -29,6 +29,10 @@ DESIGN.md sections 2-3). A matrix here is therefore kept as a list of
 tasks, views of the stored passes). The meta-gradient needs ``u`` only
 summed over the tasks: each of its weight terms is one BLAS call over the
 stacked rows of all tasks. No task's adapted parameters are ever formed.
+The steps' terms of ``W_{l,k}`` are one term, their rows stacked
+(``_Stack``); the first layer's input is the support set ``X_S`` at every
+step, so its ``W_{0,k} - W_0 = X_S^\top (-a_0 \sum_j D_{0,j})`` stays of rank
+``n`` and ``X_S W_0`` is made once (``_FirstLayer``).
 
 This computes what ``inner_loop.reference_meta_loss_and_grad`` computes
 (the tests pin the two, 1e-12 relative in float64) and is chosen by
@@ -143,30 +147,28 @@ def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
     act, loss = get_activation(net.activation).code, get_loss(net.loss_name).code
     L = len(Ws)
 
-    terms = [[] for _ in range(L)]  # W_{l,k} = W_l + sum of c L^T R over terms[l]
     for l in range(L):
         ws.bias[0][l][...] = bs[l]
+    # W_{l,k} = W_l + (the first k n rows of ws.w[l]): every step's A_j, -a D_j stacked (l >= 1); the
+    # first layer's A_j is X_support at every step: W_{0,k} = W_0 + X_support^T ws.d0 (``_FirstLayer``)
+    first = _FirstLayer(Xs, Xq, Ws[0], ws)
     for k in range(steps):  # the inner steps, every task at once
-        S = ws.support[k]
-        _forward(Ws, terms, ws.bias[k], Xs, S, ws, act)
+        S, terms = ws.support[k], _weight_terms(ws, a, k * n)
+        _forward(Ws, terms, ws.bias[k], Xs, S, ws, act, first.support(a[0]))
         _task_losses(loss, S, Ys)
         _backward(Ws, terms, S, ws, act, keep_back=not first_order and act != RELU)
-        for l in range(L):
-            terms[l].append((-a[l], S.A[l], S.D3(l)))
-            np.sum(S.D3(l), axis=1, out=ws.bias[k + 1][l])  # b_{k+1} = b_k - p * (column sums of D)
-            ws.bias[k + 1][l] *= -p_bias[l]
-            ws.bias[k + 1][l] += ws.bias[k][l]
-    Q = ws.query
-    _forward(Ws, terms, ws.bias[steps], Xq, Q, ws, act)
+        _add_step(ws, a, p_bias, S, k)
+    Q, terms = ws.query, _weight_terms(ws, a, steps * n)
+    _forward(Ws, terms, ws.bias[steps], Xq, Q, ws, act, first.query(a[0]))
     total = _task_losses(loss, Q, Yq)
     _backward(Ws, terms, Q, ws, act)
-    u_terms = [[(1.0, Q.A[l], Q.D3(l))] for l in range(L)]  # u_t, the query gradient, per task
     u_bias = ws.u_bias
     for l in range(L):
         np.sum(Q.D3(l), axis=1, out=u_bias[l])
+    u_terms = [[(1.0, Q.A[l], Q.D3(l))] for l in range(L)]  # u_t, the query gradient, per task
     if not first_order:
         for k in range(steps - 1, -1, -1):  # u <- u - H_S(theta_k) (P * u)
-            _hvp_step(Ws, [t[:k] for t in terms], a, p_bias, u_terms, u_bias, ws.support[k], ws.tangent[k],
+            _hvp_step(Ws, _weight_terms(ws, a, k * n), a, p_bias, u_terms, u_bias, ws.support[k], ws.tangent[k],
                       ws, act, loss)
     grad = ws.grad
     for l in range(L):
@@ -174,6 +176,81 @@ def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
         _sum_terms(gW, u_terms[l], ws.weights[l])
         np.sum(u_bias[l], axis=0, out=gb)
     return total / T, grad / T
+
+
+def _weight_terms(ws, a, rows):
+    """The terms of ``W_{l,k} - W_l`` for ``rows = k n``: ``[]`` for the first layer (``_FirstLayer``
+    takes it) and for a layer whose step is 0, else the first ``rows`` rows of ``ws.w[l]``."""
+    return [[]] + [ws.w[l].terms(rows) if a[l] != 0 else [] for l in range(1, len(a))]
+
+
+def _add_step(ws, a, p_bias, S, k):
+    """After the support pass ``S`` at ``theta_k``: its terms (``ws.d0 -= a_0 D_0``, ``ws.w[l]`` gets
+    ``A_l``, ``-a_l D_l``) and the biases of ``theta_{k+1}``, ``b_{k+1} = b_k - p * (column sums of D)``."""
+    for l in range(len(a)):
+        D3 = S.D3(l)
+        if l == 0:
+            ws.d0 -= a[0] * D3
+        elif a[l] != 0:
+            ws.w[l].append(S.A[l], D3, -a[l])
+        np.sum(D3, axis=1, out=ws.bias[k + 1][l])
+        ws.bias[k + 1][l] *= -p_bias[l]
+        ws.bias[k + 1][l] += ws.bias[k][l]
+
+
+class _FirstLayer:
+    """The first layer's products: its input is the support set ``X_S`` at every step, so
+    ``W_{0,k} = W_0 + X_S^T d0`` (``ws.d0 = -a_0 sum_{j<k} D_{0,j}``, rank n) and
+    ``X W_{0,k} = X W_0 + (X X_S^T) d0``, with ``X W_0`` and ``X X_S^T`` made once per call (for
+    the support and the query rows). Starts ``ws.d0`` at 0 and clears ``ws.w``."""
+
+    def __init__(self, Xs, Xq, W0, ws):
+        self.ws = ws
+        ws.d0[...] = 0
+        for stack in ws.w[1:]:
+            stack.clear()
+        for X, XW, XXs in ((Xs, ws.xw_s, ws.xxs_s), (Xq, ws.xw_q, ws.xxs_q)):
+            np.matmul(X.reshape(-1, X.shape[2]), W0, out=XW.reshape(-1, XW.shape[2]))
+            np.matmul(X, Xs.transpose(0, 2, 1), out=XXs)
+
+    def support(self, a0):
+        """``X_S W_{0,k}`` for the current ``ws.d0``."""
+        return self._product(self.ws.xw_s, self.ws.xxs_s, self.ws.first_s, a0)
+
+    def query(self, a0):
+        """``X_Q W_{0,k}`` for the current ``ws.d0``."""
+        return self._product(self.ws.xw_q, self.ws.xxs_q, self.ws.first_q, a0)
+
+    def _product(self, XW, XXs, out, a0):
+        if a0 == 0:  # the first layer does not move (ANIL)
+            return XW
+        np.matmul(XXs, self.ws.d0, out=out)
+        out += XW
+        return out
+
+
+class _Stack:
+    """The term ``L^T R`` of ``W_{l,k} - W_l`` for every task, one step's rows appended at a time:
+    ``L`` (T, rows, d_in), ``R`` (T, rows, d_out), the first ``self.rows`` rows in use."""
+
+    def __init__(self, T, capacity, d_in, d_out, dt):
+        self.L = np.empty((T, capacity, d_in), dt)
+        self.R = np.empty((T, capacity, d_out), dt)
+        self.rows = 0
+
+    def clear(self):
+        self.rows = 0
+
+    def append(self, Lpart, Rpart, c):
+        """Add the rows of ``Lpart`` and ``c Rpart`` (each (T, r, ...))."""
+        r = self.rows + Lpart.shape[1]
+        self.L[:, self.rows:r] = Lpart
+        np.multiply(Rpart, c, out=self.R[:, self.rows:r])
+        self.rows = r
+
+    def terms(self, rows):
+        """``[(1, L, R)]`` over the first ``rows`` rows, ``[]`` for none."""
+        return [(1.0, self.L[:, :rows], self.R[:, :rows])] if rows else []
 
 
 # -------------------------------------------------------------- predictions
@@ -201,8 +278,7 @@ def predictions(net, theta, X_support, y_support, X_query, precond, steps):
     weights kept as terms: ``(T, steps + 1, Q, d_out)``, NaN from the step a task diverges.
 
     Step ``k``'s query outputs are one forward pass at ``theta_k`` (``_forward``); the support
-    pass at ``theta_k`` adds step ``k``'s terms. ``X W_0`` of the first layer is the same at
-    every step (neither ``X`` nor the shared ``W_0`` changes) and is computed once.
+    pass at ``theta_k`` adds step ``k``'s terms (``_add_step``), as in ``meta_loss_and_grad``.
 
     The iterates are never formed, and near overflow a product taken term by term can overflow
     where the formed matrix's does not (or the reverse). So a task is *sure* only while every
@@ -233,43 +309,24 @@ def predictions(net, theta, X_support, y_support, X_query, precond, steps):
     limit = float(np.finfo(theta.dtype).max) * SURE_LIMIT
     bound = np.tile([float(np.abs(W).max(initial=0.0)) for W in Ws], (T, 1))  # (T, L)
     sure = np.ones(T, dtype=bool)
-    # the first layer: A_j = X_support at every step, so W_{0,k} = W_0 + X_support^T Dbar[0] (rank n)
-    # and X W_{0,k} = X W_0 + (X X_support^T) Dbar[0], both products in brackets made once
-    XW = [np.matmul(X.reshape(-1, X.shape[2]), Ws[0]).reshape(T, X.shape[1], -1) for X in (Xq, Xs)]
-    XXs = [np.matmul(X, Xs.transpose(0, 2, 1)) for X in (Xq, Xs)]
-    first = [np.empty_like(P) for P in XW]
-    terms = [[] for _ in range(L)]  # one term per layer (below)
-    Abar = [None] + [np.empty((T, steps * n, d), theta.dtype) for d in net.sizes[1:-1]]
-    Dbar = [np.zeros((T, n, net.sizes[1]), theta.dtype)] + [np.empty((T, steps * n, d), theta.dtype)
-                                                             for d in net.sizes[2:]]
     for l in range(L):
         ws.bias[0][l][...] = bs[l]
+    first = _FirstLayer(Xs, Xq, Ws[0], ws)
     with np.errstate(over="ignore", invalid="ignore"):  # a diverging task's values: it is not sure
         for k in range(steps + 1):
-            for i in range(1 if k == steps else 2):
-                np.matmul(XXs[i], Dbar[0], out=first[i])
-                first[i] += XW[i]
-            _forward(Ws, terms, ws.bias[k], Xq, ws.query, ws, act, first[0])
+            terms = _weight_terms(ws, a, k * n)
+            _forward(Ws, terms, ws.bias[k], Xq, ws.query, ws, act, first.query(a[0]))
             out[:, k] = ws.query.Z3(L - 1)
             sure &= _below(out[:, k], limit)
             if k == steps:
                 break
             S = ws.support[k]
-            _forward(Ws, terms, ws.bias[k], Xs, S, ws, act, first[1])
+            _forward(Ws, terms, ws.bias[k], Xs, S, ws, act, first.support(a[0]))
             _task_losses(loss, S, Ys)
             _backward(Ws, terms, S, ws, act)
-            for l in range(L):  # W_{l,k+1} = W_l + sum_{j<=k} A_j^T (-a D_j)
+            _add_step(ws, a, p_bias, S, k)
+            for l in range(L):
                 A3, D3 = S.A[l], S.D3(l)
-                if l == 0:  # X_support^T Dbar[0], Dbar[0] = -a sum_j D_j: used through ``first``
-                    Dbar[0] -= a[0] * D3
-                elif a[l] != 0:  # one term: every step's A_j, -a D_j stacked on the rows (rank (k + 1) n)
-                    rows = slice(k * n, (k + 1) * n)
-                    Abar[l][:, rows] = A3
-                    np.multiply(D3, -a[l], out=Dbar[l][:, rows])
-                    terms[l] = [(1.0, Abar[l][:, :(k + 1) * n], Dbar[l][:, :(k + 1) * n])]
-                np.sum(D3, axis=1, out=ws.bias[k + 1][l])
-                ws.bias[k + 1][l] *= -p_bias[l]
-                ws.bias[k + 1][l] += ws.bias[k][l]
                 gradient = n * np.abs(A3).max(axis=(1, 2)).astype(np.float64) * np.abs(D3).max(axis=(1, 2))
                 bound[:, l] += abs(float(a[l])) * gradient
                 sure &= (gradient < limit) & (bound[:, l] < limit) & _below(ws.bias[k + 1][l], limit)
@@ -363,9 +420,11 @@ def _backward(Ws, terms, R, ws, act, keep_back=False):
 
 def _hvp_step(Ws, terms, a, p_bias, u_terms, u_bias, S, R, ws, act, loss):
     """``u <- u - H_S(theta_k) v`` for every task, ``v = P * u``: the R-forward and R-backward passes
-    (meta_passes._hvp) over the stored support pass ``S`` at ``theta_k`` (``terms``: its weights),
-    into the tangent pass ``R``. ``v``'s weight terms are ``u``'s times ``a_l``; the pass adds
-    ``-A^T D_dot`` and ``-H_dot^T D`` to ``u``'s terms and ``-1^T D_dot`` to ``u``'s bias."""
+    (meta_passes._hvp) over the stored support pass ``S`` at ``theta_k`` (``terms``: its weights for
+    the layers after the first, which no product here needs), into the tangent pass ``R``. ``v``'s
+    weight terms are ``u``'s times ``a_l`` (views, as every term of ``u``: stacking them would copy
+    more than it saves); the pass adds ``-A^T D_dot`` and ``-H_dot^T D`` to ``u``'s terms and
+    ``-1^T D_dot`` to ``u``'s bias."""
     L = len(Ws)
     v_terms = [[(a[l] * c, Lt, Rt) for c, Lt, Rt in u_terms[l]] for l in range(L)]
     for l in range(L):  # R-forward: Z_dot_l = A_l V_l + H_dot_{l-1} W_{l,k} + v_b
@@ -445,8 +504,14 @@ class _Workspace:
         self.query = _Pass(widths, T, nq, dt)
         self.bias = [[np.empty((T, w), dt) for w in widths] for _ in range(steps + 1)]
         self.u_bias = [np.empty((T, w), dt) for w in widths]
-        rows = max(n, nq)  # of a pass; also the rank of a term (``predictions``: up to steps * n)
-        self.mid = np.empty(T * rows * max(rows, steps * n), dt)
+        rows = max(n, nq)  # of a pass
+        self.mid = np.empty(T * rows * max(rows, steps * n), dt)  # rows x rank of the largest term
+        d_in, d_out = net.sizes[:-1], net.sizes[1:]
+        self.w = [None] + [_Stack(T, steps * n, d_in[l], d_out[l], dt) for l in range(1, len(widths))]
+        self.d0 = np.empty((T, n, widths[0]), dt)
+        self.xw_s, self.first_s = np.empty((T, n, widths[0]), dt), np.empty((T, n, widths[0]), dt)
+        self.xw_q, self.first_q = np.empty((T, nq, widths[0]), dt), np.empty((T, nq, widths[0]), dt)
+        self.xxs_s, self.xxs_q = np.empty((T, n, n), dt), np.empty((T, nq, n), dt)
         self.corr = np.empty(T * rows * max(widths), dt)
         self.weights = [np.empty(shape, dt) for shape in self.shapes]
         self.grad = np.empty(net.n_params, dt)
