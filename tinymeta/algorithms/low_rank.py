@@ -32,7 +32,8 @@ stacked rows of all tasks. No task's adapted parameters are ever formed.
 The steps' terms of ``W_{l,k}`` are one term, their rows stacked
 (``_Stack``); the first layer's input is the support set ``X_S`` at every
 step, so its ``W_{0,k} - W_0 = X_S^\top (-a_0 \sum_j D_{0,j})`` stays of rank
-``n`` and ``X_S W_0`` is made once (``_FirstLayer``).
+``n`` and ``X_S W_0`` is made once (``_FirstLayer``); the terms the backward
+recursion adds to its ``u`` are summed the same way.
 
 This computes what ``inner_loop.reference_meta_loss_and_grad`` computes
 (the tests pin the two, 1e-12 relative in float64) and is chosen by
@@ -167,6 +168,8 @@ def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
         np.sum(Q.D3(l), axis=1, out=u_bias[l])
     u_terms = [[(1.0, Q.A[l], Q.D3(l))] for l in range(L)]  # u_t, the query gradient, per task
     if not first_order:
+        ws.u0[...] = 0  # the first layer's -A^T D_dot of every step has A = X_S: one term, X_S^T u0
+        u_terms[0].append((1.0, Xs, ws.u0))
         for k in range(steps - 1, -1, -1):  # u <- u - H_S(theta_k) (P * u)
             _hvp_step(Ws, _weight_terms(ws, a, k * n), a, p_bias, u_terms, u_bias, ws.support[k], ws.tangent[k],
                       ws, act, loss)
@@ -424,7 +427,7 @@ def _hvp_step(Ws, terms, a, p_bias, u_terms, u_bias, S, R, ws, act, loss):
     the layers after the first, which no product here needs), into the tangent pass ``R``. ``v``'s
     weight terms are ``u``'s times ``a_l`` (views, as every term of ``u``: stacking them would copy
     more than it saves); the pass adds ``-A^T D_dot`` and ``-H_dot^T D`` to ``u``'s terms and
-    ``-1^T D_dot`` to ``u``'s bias."""
+    ``-1^T D_dot`` to ``u``'s bias (the first layer's ``-X_S^T D_dot`` to its term ``X_S^T ws.u0``)."""
     L = len(Ws)
     v_terms = [[(a[l] * c, Lt, Rt) for c, Lt, Rt in u_terms[l]] for l in range(L)]
     for l in range(L):  # R-forward: Z_dot_l = A_l V_l + H_dot_{l-1} W_{l,k} + v_b
@@ -444,7 +447,10 @@ def _hvp_step(Ws, terms, a, p_bias, u_terms, u_bias, S, R, ws, act, loss):
         else:
             K.xent_r_kernel(S.P[t], out_dot[t], dout_dot[t])
     for l in range(L - 1, -1, -1):  # R-backward
-        u_terms[l].append((-1.0, S.A[l], R.D3(l)))
+        if l == 0:  # S.A[0] is X_S
+            ws.u0 -= R.D3(0)
+        else:
+            u_terms[l].append((-1.0, S.A[l], R.D3(l)))
         u_bias[l] -= R.D3(l).sum(axis=1)
         if l > 0:
             u_terms[l].append((-1.0, R.H3(l - 1), S.D3(l)))
@@ -508,7 +514,7 @@ class _Workspace:
         self.mid = np.empty(T * rows * max(rows, steps * n), dt)  # rows x rank of the largest term
         d_in, d_out = net.sizes[:-1], net.sizes[1:]
         self.w = [None] + [_Stack(T, steps * n, d_in[l], d_out[l], dt) for l in range(1, len(widths))]
-        self.d0 = np.empty((T, n, widths[0]), dt)
+        self.d0, self.u0 = np.empty((T, n, widths[0]), dt), np.empty((T, n, widths[0]), dt)
         self.xw_s, self.first_s = np.empty((T, n, widths[0]), dt), np.empty((T, n, widths[0]), dt)
         self.xw_q, self.first_q = np.empty((T, nq, widths[0]), dt), np.empty((T, nq, widths[0]), dt)
         self.xxs_s, self.xxs_q = np.empty((T, n, n), dt), np.empty((T, nq, n), dt)
