@@ -141,13 +141,17 @@ def test_what_it_takes(rng, monkeypatch):
         low_rank.meta_loss_and_grad(net, theta, batch, precond, 0)
 
 
+def _benchmark_nets():
+    """The Omniglot net 5-way and 20-way, and the sinusoid net, in float32."""
+    return (tm.MLP([784, 256, 128, 64, 64, 5], loss="xent", dtype="float32"),
+            tm.MLP([784, 256, 128, 64, 64, 20], loss="xent", dtype="float32"), tm.MLP([1, 40, 40, 1], dtype="float32"))
+
+
 def test_the_shipped_thresholds(rng):
     """The benchmark's Omniglot meta-batches and the 20-way 1-shot protocol (5 steps) take this
     path; one Omniglot task, 20-way 5-shot with 5 steps and sinusoid meta-batches of any size
     do not."""
-    omniglot = tm.MLP([784, 256, 128, 64, 64, 5], loss="xent", dtype="float32")
-    omniglot20 = tm.MLP([784, 256, 128, 64, 64, 20], loss="xent", dtype="float32")
-    sinusoid = tm.MLP([1, 40, 40, 1], dtype="float32")
+    omniglot, omniglot20, sinusoid = _benchmark_nets()
     for net, T, K, Q, steps, want in ((omniglot, 32, 5, 25, 1, True), (omniglot, 32, 5, 75, 1, True),
                                       (omniglot, 2, 1, 5, 1, True), (omniglot, 32, 5, 25, 5, True),
                                       (omniglot20, 16, 20, 20, 5, True), (omniglot20, 16, 100, 100, 5, False),
@@ -157,17 +161,22 @@ def test_the_shipped_thresholds(rng):
         assert low_rank.applies(net, batch, np.full(net.n_params, 0.4, np.float32), steps, False) is want
 
 
+def _record_calls(monkeypatch, function):
+    """The list that records which module's ``function`` (low_rank's or meta_batch's) each call reaches."""
+    calls = []
+    for module in (low_rank, meta_batch):
+        real = getattr(module, function)
+        monkeypatch.setattr(module, function, lambda *a, _real=real, _name=module.__name__.rsplit(".", 1)[1], **k:
+                            calls.append(_name) or _real(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("threshold, path", [(0, "low_rank"), (10**18, "meta_batch")])
 @pytest.mark.parametrize("steps", [1, 2])
 def test_inner_loop_sends_calls_by_size(threshold, path, steps, rng, monkeypatch):
     monkeypatch.setattr(low_rank, "MIN_WORK", threshold)
     net, theta, batch = _problem((40, 30, 3), "tanh", "xent", rng, K=2, Q=3)
-    calls = []
-    for module in (low_rank, meta_batch):
-        real = module.meta_loss_and_grad
-        monkeypatch.setattr(module, "meta_loss_and_grad",
-                            lambda *a, _real=real, _name=module.__name__.rsplit(".", 1)[1], **k:
-                            calls.append(_name) or _real(*a, **k))
+    calls = _record_calls(monkeypatch, "meta_loss_and_grad")
     config = maml.Config(inner_lr=0.1, inner_steps=steps)
     loss, grad = maml.meta_loss_and_grad(net, theta, batch, config.inner_lr, steps)
     want = inner_loop.reference_meta_loss_and_grad(net, theta, batch, maml.preconditioner(net, config), steps)
@@ -261,11 +270,10 @@ def test_predictions_carry_nothing_between_calls(rng):
 
 def test_predicts_and_its_refusals(rng):
     """The Omniglot net's 5-way 1-shot evaluation (10 steps, 50 tasks a call) takes this path;
-    5-shot and 20-way 1-shot (measured slower or even), one task, no step, Meta-SGD's
-    per-parameter steps and the sinusoid net do not; predictions refuses what it cannot take."""
-    omniglot = tm.MLP([784, 256, 128, 64, 64, 5], loss="xent", dtype="float32")
-    omniglot20 = tm.MLP([784, 256, 128, 64, 64, 20], loss="xent", dtype="float32")
-    sinusoid = tm.MLP([1, 40, 40, 1], dtype="float32")
+    5-shot (measured even) and 20-way 1-shot (rank 200: refused, although measured 1.3x faster
+    with 300 query rows), one task, no step, Meta-SGD's per-parameter steps and the sinusoid net
+    do not; predictions refuses what it cannot take."""
+    omniglot, omniglot20, sinusoid = _benchmark_nets()
     for net, T, K, Q, steps, want in ((omniglot, 50, 5, 75, 10, True), (omniglot, 50, 5, 75, 1, True),
                                       (omniglot, 50, 25, 75, 10, False), (omniglot20, 50, 20, 300, 10, False),
                                       (omniglot, 1, 5, 75, 10, False), (omniglot, 50, 5, 75, 0, False),
@@ -286,12 +294,7 @@ def test_predicts_and_its_refusals(rng):
 def test_inner_loop_sends_predictions_by_size(threshold, path, rng, monkeypatch):
     monkeypatch.setattr(low_rank, "MIN_WORK", threshold)
     net, theta, batch = _problem((40, 30, 3), "tanh", "xent", rng, K=2, Q=3)
-    calls = []
-    for module in (low_rank, meta_batch):
-        real = module.predictions
-        monkeypatch.setattr(module, "predictions",
-                            lambda *a, _real=real, _name=module.__name__.rsplit(".", 1)[1], **k:
-                            calls.append(_name) or _real(*a, **k))
+    calls = _record_calls(monkeypatch, "predictions")
     config = maml.Config(inner_lr=0.1, inner_steps=1)
     got = batched_predict.predict_batch(net, maml, {"theta": theta}, config, batch, 3)  # evaluation's call
     want = _reference_predictions(net, theta, batch, maml.preconditioner(net, config), 3)

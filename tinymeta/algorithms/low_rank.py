@@ -129,27 +129,11 @@ def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
     -------
     (float, (P,)): mean query loss after ``steps`` steps, its gradient wrt ``theta``.
     """
-    theta = meta_batch._vector(net, theta, "theta")
-    precond = meta_batch._vector(net, precond, "precond")
-    a = _weight_steps(net, precond)
-    if a is None:
-        raise ValueError("precond must hold one step size per weight matrix for the low-rank path")
-    steps = int(steps)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1 for the low-rank path, got {steps}")
-    Xs = meta_batch._inputs(net, batch.X_support, "X_support")
-    Xq = meta_batch._inputs(net, batch.X_query, "X_query", Xs.shape[0])
-    (T, n, _), nq = Xs.shape, Xq.shape[1]
-    Ys = meta_batch._targets(net, batch.y_support, T, n, "y_support")
+    c = _Call(net, theta, precond, steps, batch.X_support, batch.y_support, batch.X_query)
+    Ws, a, p_bias, ws, act, loss, steps = c.Ws, c.a, c.p_bias, c.ws, c.act, c.loss, c.steps
+    Xs, Xq, Ys = c.Xs, c.Xq, c.Ys
+    (T, n, _), nq, L = Xs.shape, Xq.shape[1], len(Ws)
     Yq = meta_batch._targets(net, batch.y_query, T, nq, "y_query")
-    ws = _workspace(net, T, n, nq, steps, threading.get_ident())
-    Ws, bs = zip(*net.unflatten(theta))
-    p_bias = [p for _, p in net.unflatten(precond)]
-    act, loss = get_activation(net.activation).code, get_loss(net.loss_name).code
-    L = len(Ws)
-
-    for l in range(L):
-        ws.bias[0][l][...] = bs[l]
     # W_{l,k} = W_l + (the first k n rows of ws.w[l]): every step's A_j, -a D_j stacked (l >= 1); the
     # first layer's A_j is X_support at every step: W_{0,k} = W_0 + X_support^T ws.d0 (``_FirstLayer``)
     first = _FirstLayer(Xs, Xq, Ws[0], ws)
@@ -179,6 +163,33 @@ def meta_loss_and_grad(net, theta, batch, precond, steps=1, first_order=False):
         _sum_terms(gW, u_terms[l], ws.weights[l])
         np.sum(u_bias[l], axis=0, out=gb)
     return total / T, grad / T
+
+
+class _Call:
+    """What ``meta_loss_and_grad`` and ``predictions`` start from: the checked inputs (``theta``,
+    ``precond``, ``steps``, ``Xs``, ``Xq``, ``Ys`` the kernels' support targets), the weight steps
+    ``a``, the weights ``Ws`` and bias steps ``p_bias`` per layer, the activation and loss codes,
+    and the workspace ``ws`` of the shape with ``theta_0``'s biases in ``ws.bias[0]``."""
+
+    def __init__(self, net, theta, precond, steps, X_support, y_support, X_query):
+        self.theta = meta_batch._vector(net, theta, "theta")
+        precond = meta_batch._vector(net, precond, "precond")
+        self.a = _weight_steps(net, precond)
+        if self.a is None:
+            raise ValueError("precond must hold one step size per weight matrix for the low-rank path")
+        self.steps = int(steps)
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1 for the low-rank path, got {steps}")
+        self.Xs = meta_batch._inputs(net, X_support, "X_support")
+        self.Xq = meta_batch._inputs(net, X_query, "X_query", self.Xs.shape[0])
+        (T, n, _), nq = self.Xs.shape, self.Xq.shape[1]
+        self.Ys = meta_batch._targets(net, y_support, T, n, "y_support")
+        self.ws = _workspace(net, T, n, nq, self.steps, threading.get_ident())
+        self.Ws, bs = zip(*net.unflatten(self.theta))
+        self.p_bias = [p for _, p in net.unflatten(precond)]
+        self.act, self.loss = get_activation(net.activation).code, get_loss(net.loss_name).code
+        for l, b in enumerate(bs):
+            self.ws.bias[0][l][...] = b
 
 
 def _weight_terms(ws, a, rows):
@@ -291,29 +302,14 @@ def predictions(net, theta, X_support, y_support, X_query, precond, steps):
     again by ``meta_batch.predictions``, which forms the iterates and marks divergence as
     ``inner_loop.reference_predictions`` does. A sure task never diverges.
     """
-    theta = meta_batch._vector(net, theta, "theta")
-    precond = meta_batch._vector(net, precond, "precond")
-    a = _weight_steps(net, precond)
-    if a is None:
-        raise ValueError("precond must hold one step size per weight matrix for the low-rank path")
-    steps = int(steps)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1 for the low-rank path, got {steps}")
-    Xs = meta_batch._inputs(net, X_support, "X_support")
-    Xq = meta_batch._inputs(net, X_query, "X_query", Xs.shape[0])
-    (T, n, _), nq = Xs.shape, Xq.shape[1]
-    Ys = meta_batch._targets(net, y_support, T, n, "y_support")
-    ws = _workspace(net, T, n, nq, steps, threading.get_ident())
-    Ws, bs = zip(*net.unflatten(theta))
-    p_bias = [p for _, p in net.unflatten(precond)]
-    act, loss = get_activation(net.activation).code, get_loss(net.loss_name).code
-    L = len(Ws)
+    c = _Call(net, theta, precond, steps, X_support, y_support, X_query)
+    Ws, a, p_bias, ws, act, loss, steps = c.Ws, c.a, c.p_bias, c.ws, c.act, c.loss, c.steps
+    Xs, Xq, Ys = c.Xs, c.Xq, c.Ys
+    theta, (T, n, _), nq, L = c.theta, Xs.shape, Xq.shape[1], len(Ws)
     out = np.empty((T, steps + 1, nq, net.sizes[-1]), dtype=theta.dtype)
     limit = float(np.finfo(theta.dtype).max) * SURE_LIMIT
     bound = np.tile([float(np.abs(W).max(initial=0.0)) for W in Ws], (T, 1))  # (T, L)
     sure = np.ones(T, dtype=bool)
-    for l in range(L):
-        ws.bias[0][l][...] = bs[l]
     first = _FirstLayer(Xs, Xq, Ws[0], ws)
     with np.errstate(over="ignore", invalid="ignore"):  # a diverging task's values: it is not sure
         for k in range(steps + 1):
