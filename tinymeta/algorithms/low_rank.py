@@ -377,8 +377,8 @@ def _sum_terms(out, terms, scratch):
 # ----------------------------------------------------------------- passes
 def _forward(Ws, terms, bias, X, R, ws, act, first=None):
     """Forward pass of every task at its adapted parameters (``terms``, per-task ``bias``) into the
-    pass ``R`` (reference.forward_pass). ``first``: the first layer's ``X W_{0,k}`` computed by the
-    caller (``predictions``), or None."""
+    pass ``R`` (reference.forward_pass). ``first``: the first layer's ``X W_{0,k}``, made by the caller
+    (``_FirstLayer``), or None for ``terms[0]``."""
     R.A = [X] + [R.H3(l) for l in range(len(Ws) - 1)]
     for l, W in enumerate(Ws):
         Z3 = R.Z3(l)
