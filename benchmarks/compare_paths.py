@@ -76,10 +76,11 @@ def main(argv=None):
     K, first_order = args.steps, args.first_order
     if args.predictions:
         data = (batch.X_support, batch.y_support, batch.X_query, precond, K)
-        paths = {"compiled": lambda: meta_batch.predictions(net, theta, *data),
-                 "low-rank": lambda: low_rank.predictions(net, theta, *data),
-                 "reference": lambda: np.stack([inner_loop.reference_predictions(
-                     net, theta, *(a[i] for a in data[:3]), precond, K) for i in range(batch.n_tasks)])}
+        paths = {"compiled": lambda: meta_batch.predictions(net, theta, *data)}
+        if K >= 1:
+            paths["low-rank"] = lambda: low_rank.predictions(net, theta, *data)
+        paths["reference"] = lambda: np.stack([inner_loop.reference_predictions(
+            net, theta, *(a[i] for a in data[:3]), precond, K) for i in range(batch.n_tasks)])
         diverged = np.isnan(paths["compiled"]()[:, -1]).any(axis=(1, 2)).sum()
         print(f"predictions after 0..{K} steps; tasks that diverge: {diverged} of {batch.n_tasks}")
     else:
