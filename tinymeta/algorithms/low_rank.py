@@ -1,4 +1,5 @@
-r"""MAML and FOMAML over a whole meta-batch: shared products stacked, per-task terms low-rank.
+r"""MAML and FOMAML over a whole meta-batch, and its evaluation: shared products stacked, per-task
+terms low-rank.
 
 DESIGN.md section 7. When the step size is one number ``a_l`` per weight
 matrix (MAML's ``alpha``; ANIL's ``alpha`` or 0), an inner step changes a
@@ -84,13 +85,17 @@ def applies(net, batch, precond, steps, precond_grad) -> bool:
     10 + 10 rows: ``_saving`` 0.52, and the per-task kernel was 1.3-1.8x
     faster).
     """
-    if steps < 1 or precond_grad:
-        return False
-    if not meta_batch.supports(net, batch.X_support, batch.y_support, batch.X_query, batch.y_query):
+    if precond_grad or not meta_batch.supports(net, batch.X_support, batch.y_support, batch.X_query,
+                                               batch.y_query):
         return False
     (T, n), nq = batch.X_support.shape[:2], batch.X_query.shape[1]
-    rank = steps * n + nq
-    if T < MIN_TASKS or T * rank * net.n_params < MIN_WORK or _saving(net, rank) < MIN_SAVING:
+    return _worth(net, precond, steps, T, steps * n + nq, steps * n + nq)
+
+
+def _worth(net, precond, steps, T, rows, rank):
+    """The measured part of ``applies`` and ``predicts``: at least one step, ``MIN_TASKS`` tasks,
+    ``T rows P >= MIN_WORK``, ``_saving(net, rank) >= MIN_SAVING``, one step size per weight matrix."""
+    if steps < 1 or T < MIN_TASKS or T * rows * net.n_params < MIN_WORK or _saving(net, rank) < MIN_SAVING:
         return False
     precond = np.asarray(precond)
     return precond.shape == (net.n_params,) and _weight_steps(net, precond) is not None
@@ -169,7 +174,7 @@ class _Call:
     """What ``meta_loss_and_grad`` and ``predictions`` start from: the checked inputs (``theta``,
     ``precond``, ``steps``, ``Xs``, ``Xq``, ``Ys`` the kernels' support targets), the weight steps
     ``a``, the weights ``Ws`` and bias steps ``p_bias`` per layer, the activation and loss codes,
-    and the workspace ``ws`` of the shape with ``theta_0``'s biases in ``ws.bias[0]``."""
+    and the workspace ``ws`` of the shape with ``theta_0``'s biases in ``ws.bias[0]`` and no terms."""
 
     def __init__(self, net, theta, precond, steps, X_support, y_support, X_query):
         self.theta = meta_batch._vector(net, theta, "theta")
@@ -190,6 +195,9 @@ class _Call:
         self.act, self.loss = get_activation(net.activation).code, get_loss(net.loss_name).code
         for l, b in enumerate(bs):
             self.ws.bias[0][l][...] = b
+        self.ws.d0[...] = 0  # no step taken yet: no terms
+        for stack in self.ws.w[1:]:
+            stack.clear()
 
 
 def _weight_terms(ws, a, rows):
@@ -216,13 +224,10 @@ class _FirstLayer:
     """The first layer's products: its input is the support set ``X_S`` at every step, so
     ``W_{0,k} = W_0 + X_S^T d0`` (``ws.d0 = -a_0 sum_{j<k} D_{0,j}``, rank n) and
     ``X W_{0,k} = X W_0 + (X X_S^T) d0``, with ``X W_0`` and ``X X_S^T`` made once per call (for
-    the support and the query rows). Starts ``ws.d0`` at 0 and clears ``ws.w``."""
+    the support and the query rows)."""
 
     def __init__(self, Xs, Xq, W0, ws):
         self.ws = ws
-        ws.d0[...] = 0
-        for stack in ws.w[1:]:
-            stack.clear()
         for X, XW, XXs in ((Xs, ws.xw_s, ws.xxs_s), (Xq, ws.xw_q, ws.xxs_q)):
             np.matmul(X.reshape(-1, X.shape[2]), W0, out=XW.reshape(-1, XW.shape[2]))
             np.matmul(X, Xs.transpose(0, 2, 1), out=XXs)
@@ -277,14 +282,10 @@ def predicts(net, X_support, y_support, X_query, precond, steps) -> bool:
     rank ``steps * n`` of the last step's terms. The Omniglot net's 5-way
     1-shot evaluation (10 steps) qualifies; the sinusoid net's does not.
     """
-    if steps < 1 or not meta_batch.supports(net, X_support, y_support, X_query):
+    if not meta_batch.supports(net, X_support, y_support, X_query):
         return False
     (T, n), nq = X_support.shape[:2], X_query.shape[1]
-    rank = steps * n
-    if T < MIN_TASKS or T * (steps * n + nq) * net.n_params < MIN_WORK or _saving(net, rank) < MIN_SAVING:
-        return False
-    precond = np.asarray(precond)
-    return precond.shape == (net.n_params,) and _weight_steps(net, precond) is not None
+    return _worth(net, precond, steps, T, steps * n + nq, steps * n)
 
 
 def predictions(net, theta, X_support, y_support, X_query, precond, steps):
