@@ -84,6 +84,7 @@ def _header(results) -> list:
         lines += [f"> **Busy machine**: the 1-minute load average was {load[0]:.2f} on {results['machine']['usable_cpus']} "
                   "CPUs when the run started; other processes competed for the cores, so timings (above all the "
                   "2-thread ones) are unreliable.", ""]
+    lines += _blas_family_note(results)
     if results["failures"]:
         lines += ["> **FAILED**: the run found errors or disagreeing meta-gradients; timings below are not "
                   "comparable until these are fixed:", ">"] + [f"> - {f}" for f in results["failures"]] + [""]
@@ -130,12 +131,35 @@ def _machine(results) -> list:
     return lines + [""]
 
 
+def _blas_family_note(results) -> list:
+    """A warning when the tinymeta worker's OpenBLAS kernel family reached clearly less than the best
+    family in the 1-thread peak table (e.g. ``OPENBLAS_CORETYPE=Haswell`` set on an AVX-512 machine)."""
+    blas = next((w.get("blas") for w in results["workers"] if w.get("library") == "tinymeta" and w.get("blas")), None)
+    family = next((b.get("architecture") for b in blas or [] if isinstance(b, dict)
+                   and b.get("internal_api") == "openblas"), None)
+    rows = [p for p in results["peaks"] if p.get("threads") == 1 and "gflops" in p]
+    if not family or not rows:
+        return []
+    best = max(rows, key=lambda p: p["gflops"]["float32"])
+    mine = [p["gflops"]["float32"] for p in rows if p.get("openblas_coretype") == family]
+    if not mine or max(mine) >= 0.8 * best["gflops"]["float32"]:
+        return []
+    name = best.get("coretype_forced") or best.get("openblas_coretype")
+    return [f"> **Slower BLAS kernels for tinymeta**: its worker's OpenBLAS ran the {family} kernels "
+            f"(`OPENBLAS_CORETYPE` {results['thread_environment']['OPENBLAS_CORETYPE']}), which reached "
+            f"{max(mine):.0f} float32 GFLOP/s on one thread here against {best['gflops']['float32']:.0f} for "
+            f"{best.get('openblas_coretype')}; tinymeta's BLAS products (Omniglot-sized MAML, ProtoNet) are slower "
+            f"for it, its Numba kernels (the sinusoid workloads) are not. `--openblas-coretype {name}` runs the "
+            "workers with that family.", ""]
+
+
 def _peaks(results) -> list:
     lines = ["## Matmul peak (NumPy `A @ B`, square, best of repeats)", "",
              "OpenBLAS chooses its kernel family (`OPENBLAS_CORETYPE`) when it starts; each row is a fresh "
-             "process with that family left to OpenBLAS or forced. Forcing it is done only here, never in the "
-             "benchmark workers, so no result depends on it. `% peak` at t threads refers to the best row with at "
-             "most t threads.", "",
+             "process with that family left to OpenBLAS or forced. The benchmark workers run with the caller's "
+             "`OPENBLAS_CORETYPE`, or `--openblas-coretype`'s (Machine, above); only NumPy's OpenBLAS reads it "
+             "(tinymeta's BLAS products; PyTorch and JAX choose their own kernels). `% peak` at t threads refers "
+             "to the best row with at most t threads.", "",
              "| threads | OPENBLAS_CORETYPE | family in use | n | float32 GFLOP/s | float64 GFLOP/s |", "|---|---|---|---|---|---|"]
     for p in results["peaks"]:
         forced = p.get("coretype_forced") or "(not set)"

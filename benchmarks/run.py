@@ -35,32 +35,37 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 WORKER_TIMEOUT_S = 1800
 
 
-def worker_environment(library: str, threads: int, base=None) -> dict:
+def worker_environment(library: str, threads: int, base=None, coretype=None) -> dict:
     """The environment of the worker for ``library`` at ``threads`` threads.
 
     Every worker: ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
     ``MKL_NUM_THREADS`` and ``NUMBA_NUM_THREADS`` = ``threads``; JAX's worker
     also ``JAX_PLATFORMS=cpu``, ``JAX_ENABLE_X64=1`` and, for one thread,
-    ``XLA_FLAGS`` (``peer_jax.environment``). ``OPENBLAS_CORETYPE`` is passed
-    through untouched: whatever the caller set, it stays.
+    ``XLA_FLAGS`` (``peer_jax.environment``). ``OPENBLAS_CORETYPE`` is
+    ``coretype`` if given (``--openblas-coretype``), else whatever the
+    caller set, untouched. Only NumPy's OpenBLAS reads it: tinymeta's BLAS
+    products; PyTorch and JAX choose their own kernels.
     """
     from . import peer_jax
 
     env = dict(os.environ if base is None else base)
     env.update({name: str(threads) for name in THREAD_VARIABLES})
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
     if library == "jax":
         env.update(peer_jax.environment(threads))
     return env
 
 
-def run_worker(library, threads, config_path, out_prefix):
+def run_worker(library, threads, config_path, out_prefix, coretype=None):
     """Start one worker, stream its progress, and return its report (or an error record)."""
     cmd = [sys.executable, "-m", "benchmarks.worker", "--library", library, "--threads", str(threads),
            "--config", str(config_path), "--out", str(out_prefix)]
     print(f"[bench] {library} with {threads} thread(s)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=worker_environment(library, threads), timeout=WORKER_TIMEOUT_S)
+        proc = subprocess.run(cmd, cwd=ROOT, env=worker_environment(library, threads, coretype=coretype),
+                              timeout=WORKER_TIMEOUT_S)
         code = proc.returncode
     except subprocess.TimeoutExpired:
         code = "timeout"
@@ -165,6 +170,10 @@ def parse_args(argv):
                         help="run every library's worker this many times, in alternating order (A B C C B A "
                              "for 2), and pool their repeats: ratios robust to a load that drifts (default 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--openblas-coretype", default=None, choices=sorted(peak.CORETYPES), metavar="FAMILY",
+                        help="OPENBLAS_CORETYPE for the workers (NumPy's OpenBLAS: tinymeta's BLAS products), "
+                             f"one of {', '.join(sorted(peak.CORETYPES))}; default: the caller's environment. "
+                             "The report's matmul peak table shows what each family reaches here")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "last_run.json"),
                         help="raw results (timings, agreement, machine); '' for none")
@@ -174,6 +183,9 @@ def parse_args(argv):
     usable = len(os.sched_getaffinity(0))
     if any(t < 1 or t > usable for t in args.threads):
         parser.error(f"--threads must lie in 1..{usable} (the CPUs this process may use), got {args.threads}")
+    if args.openblas_coretype and args.openblas_coretype not in peak.candidate_coretypes(machine.describe()["all_flags"]):
+        parser.error(f"--openblas-coretype {args.openblas_coretype} needs instructions this CPU lacks "
+                     f"({' '.join(sorted(peak.CORETYPES[args.openblas_coretype]))}); OpenBLAS would die of SIGILL")
     try:
         args.selected = select(args.workloads)
     except ValueError as exc:
@@ -200,7 +212,8 @@ def main(argv=None) -> int:
         for threads in args.threads:
             runs = {library: [] for library in args.libraries}
             for k, library in enumerate(worker_order(args.libraries, args.rounds)):
-                runs[library].append(run_worker(library, threads, config, Path(tmp) / f"{library}-{threads}-{k}"))
+                runs[library].append(run_worker(library, threads, config, Path(tmp) / f"{library}-{threads}-{k}",
+                                                coretype=args.openblas_coretype))
             for library in args.libraries:  # the gradients do not depend on the round: the first is kept
                 workers.append(merge_rounds([result for result, _ in runs[library]]))
                 grads.append(runs[library][0][1])
@@ -215,7 +228,7 @@ def main(argv=None) -> int:
                "workers": workers, "agreement": agree, "failures": failures,
                "elapsed_s": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),
                "thread_environment": {name: "<threads>" for name in THREAD_VARIABLES}
-               | {"OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(not set)")}}
+               | {"OPENBLAS_CORETYPE": args.openblas_coretype or os.environ.get("OPENBLAS_CORETYPE", "(not set)")}}
     files.write_text(args.output, report.render(results))
     if args.json:
         slim = {**results, "machine": {k: v for k, v in info.items() if k != "all_flags"}}

@@ -223,6 +223,36 @@ def test_worker_environment_sets_every_thread_variable_and_keeps_the_coretype():
     assert env["OPENBLAS_CORETYPE"] == "Haswell" and "intra_op_parallelism_threads=1" in env["XLA_FLAGS"]
     assert "XLA_FLAGS" not in run.worker_environment("jax", 2, base={})
     assert "JAX_PLATFORMS" not in run.worker_environment("torch", 2, base={})
+    forced = run.worker_environment("tinymeta", 2, base={"OPENBLAS_CORETYPE": "Haswell"}, coretype="SkylakeX")
+    assert forced["OPENBLAS_CORETYPE"] == "SkylakeX" and "OPENBLAS_CORETYPE" not in run.worker_environment("torch", 1, base={})
+
+
+def test_openblas_coretype_option_is_checked_against_the_cpu(monkeypatch):
+    """``--openblas-coretype`` takes a family whose instructions the CPU has, else the parser refuses it."""
+    from benchmarks import machine, run
+
+    monkeypatch.setattr(machine, "describe", lambda: {"all_flags": ["avx2", "fma"]})
+    assert run.parse_args(["--openblas-coretype", "Haswell"]).openblas_coretype == "Haswell"
+    assert run.parse_args([]).openblas_coretype is None
+    for bad in (["--openblas-coretype", "SkylakeX"], ["--openblas-coretype", "Pentium"]):
+        with pytest.raises(SystemExit):
+            run.parse_args(bad)
+
+
+def test_report_warns_when_tinymeta_ran_slower_blas_kernels_than_the_best_measured():
+    def results(family):
+        return {"workers": [{"library": "tinymeta", "blas": [{"internal_api": "openblas", "architecture": family}]}],
+                "peaks": [{"threads": 1, "coretype_forced": None, "openblas_coretype": "SkylakeX",
+                           "gflops": {"float32": 200.0, "float64": 90.0}},
+                          {"threads": 1, "coretype_forced": "Haswell", "openblas_coretype": "Haswell",
+                           "gflops": {"float32": 110.0, "float64": 55.0}},
+                          {"threads": 2, "coretype_forced": "Haswell", "openblas_coretype": "Haswell",
+                           "gflops": {"float32": 400.0, "float64": 55.0}}],
+                "thread_environment": {"OPENBLAS_CORETYPE": family}}
+    note = report._blas_family_note(results("Haswell"))
+    assert "Slower BLAS kernels" in note[0] and "110" in note[0] and "200" in note[0] and "SkylakeX" in note[0]
+    assert report._blas_family_note(results("SkylakeX")) == []
+    assert report._blas_family_note({**results("Haswell"), "workers": []}) == []
 
 
 def test_machine_description_reads_cpuinfo_and_names_the_amd_core():
@@ -324,8 +354,8 @@ def test_run_with_two_rounds_calls_the_workers_in_alternating_order(monkeypatch,
 
     calls = []
 
-    def fake_worker(library, threads, config_path, out_prefix):
-        calls.append((threads, library))
+    def fake_worker(library, threads, config_path, out_prefix, coretype=None):
+        calls.append((threads, library, coretype))
         return {"library": library, "threads": threads, "status": "not installed"}, {}
 
     monkeypatch.setattr(run, "run_worker", fake_worker)
@@ -333,5 +363,10 @@ def test_run_with_two_rounds_calls_the_workers_in_alternating_order(monkeypatch,
     out = tmp_path / "B.md"
     run.main(["--quick", "--workloads", "sinusoid-maml1", "--libraries", "tinymeta", "jax",
               "--threads", "1", "--rounds", "2", "--output", str(out), "--json", ""])
-    assert calls == [(1, "tinymeta"), (1, "jax"), (1, "jax"), (1, "tinymeta")]
+    assert calls == [(1, "tinymeta", None), (1, "jax", None), (1, "jax", None), (1, "tinymeta", None)]
     assert "in the order tinymeta jax jax tinymeta" in out.read_text()
+    calls.clear()  # --openblas-coretype reaches every worker and the report
+    monkeypatch.setattr(run.peak, "candidate_coretypes", lambda flags: ["Haswell"])
+    run.main(["--quick", "--workloads", "sinusoid-maml1", "--libraries", "tinymeta", "--threads", "1",
+              "--openblas-coretype", "Haswell", "--output", str(out), "--json", ""])
+    assert calls == [(1, "tinymeta", "Haswell")] and "`OPENBLAS_CORETYPE` in the workers: Haswell" in out.read_text()
