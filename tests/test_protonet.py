@@ -38,6 +38,21 @@ def test_embedding_gradient_matches_finite_differences(rng):
     assert gc.rel_error(dEq.ravel(), gc.numerical_gradient(f_q, Eq.ravel())) < 1e-6
 
 
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-13), ("float32", 1e-5)])
+def test_batched_embedding_loss_is_the_per_episode_one(dtype, tol, rng):
+    """Every episode of the stacked version: its own labels (unequal shots, shuffled), its own prototypes."""
+    T, n_s, n_q, D, N = 5, 7, 6, 3, 3
+    ys = np.stack([rng.permutation(np.r_[np.arange(N), rng.integers(0, N, n_s - N)]) for _ in range(T)])
+    yq = rng.integers(0, N, (T, n_q))
+    Es, Eq = rng.standard_normal((T, n_s, D)).astype(dtype), rng.standard_normal((T, n_q, D)).astype(dtype)
+    losses, dEs, dEq = protonet.batch_embedding_loss_and_grad(Es, ys, Eq, yq, N)
+    assert losses.shape == (T,) and dEs.shape == Es.shape and dEq.shape == Eq.shape and dEs.dtype == dtype
+    for t in range(T):
+        loss, want_s, want_q = protonet.embedding_loss_and_grad(Es[t], ys[t], Eq[t], yq[t], N)
+        assert losses[t] == pytest.approx(loss, rel=tol)
+        assert gc.rel_error(dEs[t], want_s) < tol and gc.rel_error(dEq[t], want_q) < tol
+
+
 def test_gradient_through_the_prototypes_is_not_negligible(rng):
     """Treating the prototypes as constants would drop the whole support gradient."""
     Es, Eq = rng.standard_normal((6, 3)), rng.standard_normal((5, 3))

@@ -104,6 +104,41 @@ def embedding_loss_and_grad(E_support, y_support, E_query, y_query, n_way):
     return loss, A.T @ dC, dE_query
 
 
+def batch_embedding_loss_and_grad(E_support, y_support, E_query, y_query, n_way):
+    """``embedding_loss_and_grad`` of ``T`` episodes at once: the same equations with a leading
+    episode axis (stacked products, one NumPy call per operation instead of one per episode).
+
+    Parameters
+    ----------
+    E_support : (T, n_s, D) ; y_support : (T, n_s) labels, every class present in every episode
+    E_query : (T, n_q, D) ; y_query : (T, n_q) labels ; n_way : int ``N``, the same for every episode
+
+    Returns
+    -------
+    (losses (T,), dE_support (T, n_s, D), dE_query (T, n_q, D))
+    """
+    T, n_s = y_support.shape
+    n_q = y_query.shape[1]
+    episodes = np.arange(T)[:, None]
+    A = np.zeros((T, n_way, n_s), dtype=E_support.dtype)  # A_t = diag(1/|S_k|) Y_S^T, as prototypes()
+    A[episodes, y_support, np.arange(n_s)[None, :]] = 1
+    A /= A.sum(axis=2, keepdims=True)
+    C = A @ E_support
+    D = (np.sum(E_query ** 2, axis=2)[:, :, None] - 2 * E_query @ C.transpose(0, 2, 1)
+         + np.sum(C ** 2, axis=2)[:, None, :])
+    # xent_value_and_grad(-D_t, y_query_t) for every t
+    shifted = -D - (-D).max(axis=2, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(axis=2))
+    rows = np.arange(n_q)[None, :]
+    losses = np.sum(log_z - shifted[episodes, rows, y_query], axis=1) / n_q
+    P = np.exp(shifted - log_z[:, :, None])
+    P[episodes, rows, y_query] -= 1
+    dD = -(P / n_q)
+    dE_query = 2 * (dD.sum(axis=2)[:, :, None] * E_query - dD @ C)
+    dC = 2 * (dD.sum(axis=1)[:, :, None] * C - dD.transpose(0, 2, 1) @ E_query)
+    return losses, A.transpose(0, 2, 1) @ dC, dE_query
+
+
 # ------------------------------------------------ through the embedding net
 def loss_and_grad(net, theta, X_support, y_support, X_query, y_query):
     """Mean query cross-entropy of one episode and its gradient wrt ``theta``.
@@ -148,7 +183,8 @@ def init_params(net, rng, config):
 
 def batch_loss_and_grad(net, theta, batch):
     """Mean episode loss over ``batch`` and its gradient wrt ``theta``: every episode's
-    rows in one forward pass and one backward pass (``episode_batch.py``).
+    rows in one forward pass and one backward pass (``episode_batch.py``), every episode's
+    loss on its embeddings in one ``batch_embedding_loss_and_grad``.
 
     Parameters
     ----------
@@ -160,7 +196,8 @@ def batch_loss_and_grad(net, theta, batch):
     (float, (net.n_params,) array): the mean over episodes of ``loss_and_grad``.
     """
     theta = val.as_float_array(theta, "theta", net.dtype, (net.n_params,))
-    return episode_batch.batch_mean_on_embeddings(net, theta, batch, embedding_loss_and_grad)
+    return episode_batch.batch_mean_on_embeddings(net, theta, batch, embedding_loss_and_grad,
+                                                  batch_embedding_loss_and_grad)
 
 
 def meta_step(net, params, batch, config):
