@@ -24,7 +24,7 @@ from .. import validation as val
 from ..tasks import TaskBatch
 
 
-def check_episode(net, X_support, y_support, X_query, y_query=None, n_way=None, finite=True):
+def check_episode(net, X_support, y_support, X_query, y_query=None, n_way=None):
     """Validated ``(X_support, y_support, X_query, y_query, n_way)`` of one N-way episode.
 
     Parameters
@@ -34,16 +34,13 @@ def check_episode(net, X_support, y_support, X_query, y_query=None, n_way=None, 
     X_query : (n_q, d_in) ; y_query : (n_q,) int labels in ``0..N-1``, or None (prediction)
     n_way : int or None
         ``N`` if the caller knows it; otherwise ``max(y_support) + 1``.
-    finite : bool
-        check that the inputs are finite (False: the caller has checked them,
-        e.g. a whole batch at once).
 
     Raises ``TypeError``/``ValueError`` naming the argument: wrong shapes or
     dtypes, labels out of range, a class with no support example.
     """
     d_in = net.sizes[0]
-    Xs = val.as_float_array(X_support, "X_support", net.dtype, (None, d_in), finite)
-    Xq = val.as_float_array(X_query, "X_query", net.dtype, (None, d_in), finite)
+    Xs = val.as_float_array(X_support, "X_support", net.dtype, (None, d_in))
+    Xq = val.as_float_array(X_query, "X_query", net.dtype, (None, d_in))
     n_s = Xs.shape[0]
     # An N-way episode needs a support example per class, so N <= n_s.
     ys = val.as_labels(y_support, "y_support", n_s, n_s if n_way is None else n_way)
