@@ -64,8 +64,10 @@ def prototypes(E_support, y_support, n_way):
 
 
 def squared_distances(E_query, C):
-    r""":math:`D_{ik} = \|q_i\|^2 - 2 q_i \cdot c_k + \|c_k\|^2`, shape ``(n_q, N)``."""
-    return (np.sum(E_query ** 2, axis=1)[:, None] - 2 * E_query @ C.T + np.sum(C ** 2, axis=1)[None, :])
+    r""":math:`D_{ik} = \|q_i\|^2 - 2 q_i \cdot c_k + \|c_k\|^2`, shape ``(n_q, N)`` (``(T, n_q, N)``
+    for episodes stacked on a leading axis)."""
+    return (np.sum(E_query ** 2, axis=-1)[..., :, None] - 2 * E_query @ C.swapaxes(-1, -2)
+            + np.sum(C ** 2, axis=-1)[..., None, :])
 
 
 def linear_classifier(C):
@@ -124,8 +126,7 @@ def batch_embedding_loss_and_grad(E_support, y_support, E_query, y_query, n_way)
     A[episodes, y_support, np.arange(n_s)[None, :]] = 1
     A /= A.sum(axis=2, keepdims=True)
     C = A @ E_support
-    D = (np.sum(E_query ** 2, axis=2)[:, :, None] - 2 * E_query @ C.transpose(0, 2, 1)
-         + np.sum(C ** 2, axis=2)[:, None, :])
+    D = squared_distances(E_query, C)
     # xent_value_and_grad(-D_t, y_query_t) for every t
     shifted = -D - (-D).max(axis=2, keepdims=True)
     log_z = np.log(np.exp(shifted).sum(axis=2))
