@@ -73,3 +73,41 @@ def test_transpose(m, k, rng):
     AT = np.empty((k, m))
     _transpose(A, AT)
     assert np.array_equal(AT, A.T)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [5, 16])  # delta transposed or the weights, by _mm_nt's rule before
+def test_backward_reads_the_stored_transposed_weights(dtype, n, rng):
+    """``_weights_t`` stores ``W_l^T`` of the layers after the first at ``poff[l] - poff[1]``;
+    ``_backward`` makes them when ``fresh`` and otherwise reads them (so stale ones change
+    the result), and each propagated ``delta`` is the in-order ``delta W^T`` times ``act'``."""
+    from tinymeta.algorithms.meta_batch import _layout
+    from tinymeta.nn.activations import TANH
+    from tinymeta.nn.losses import MSE
+    from tinymeta.nn.meta_passes import _backward, _forward, _loss_into, _weights_t, _wt
+    from tinymeta.nn.mlp import MLP
+
+    net = MLP((3, 16, 24, 2), activation="tanh", loss="mse", dtype=dtype)
+    sizes, poff, zoff = _layout(net)
+    theta = net.init(rng).astype(dtype)
+    X = rng.standard_normal((n, 3)).astype(dtype)
+    Y = rng.standard_normal((n, 2)).astype(dtype)
+    Z, H, D = (np.zeros(n * int(zoff[-1]), dtype) for _ in range(3))
+    _forward(theta, X, sizes, poff, zoff, TANH, Z, H)
+    _loss_into(MSE, Z, n, zoff, sizes, Y, np.empty(0, np.int64), D, np.empty(0, dtype))
+    WT = np.full(net.n_params - int(poff[1]), np.nan, dtype)
+    grad = np.empty(net.n_params, dtype)
+    _backward(theta, X, sizes, poff, zoff, TANH, Z, H, D, grad, WT, True)
+    for l, (W, _) in enumerate(net.unflatten(theta)):
+        if l > 0:
+            assert np.array_equal(_wt(WT, sizes, poff, l), W.T)
+            delta = D[n * zoff[l]:n * zoff[l + 1]].reshape(n, sizes[l + 1])
+            back = _in_order(delta, W.T) * (1 - np.tanh(Z[n * zoff[l - 1]:n * zoff[l]].reshape(n, -1)) ** 2)
+            np.testing.assert_allclose(D[n * zoff[l - 1]:n * zoff[l]].reshape(n, -1), back, rtol=1e-5, atol=0)
+    first = (D.copy(), grad.copy())
+    _backward(theta, X, sizes, poff, zoff, TANH, Z, H, D, grad, WT, False)  # reads the stored ones
+    assert np.array_equal(D, first[0]) and np.array_equal(grad, first[1])
+    _weights_t(2 * theta, sizes, poff, WT)  # stale: another theta's
+    _backward(theta, X, sizes, poff, zoff, TANH, Z, H, D, grad, WT, False)
+    assert not np.array_equal(grad, first[1])

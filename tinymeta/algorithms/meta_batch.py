@@ -224,6 +224,7 @@ def _meta_plan(net, T, n, nq, K, thread) -> _Plan:
     ``thread`` (the caller's thread id) keeps two threads from sharing workspaces."""
     sizes, poff, zoff = _layout(net)
     S, P, C = min(T, TASK_SLOTS), net.n_params, int(sizes[-1])
+    PT = P - int(poff[1])  # transposed weights of the layers after the first (meta_passes._weights_t)
     Kst = max(K, 1)
     zsum, width, block = int(zoff[-1]), int(sizes.max()), int((sizes[:-1] * sizes[1:]).max())
     dt = np.dtype(net.dtype)
@@ -235,7 +236,8 @@ def _meta_plan(net, T, n, nq, K, thread) -> _Plan:
     workspaces = (empty(K + 1, P), empty(Kst, P), empty(Kst, n * zsum), empty(Kst, n * zsum), empty(Kst, n * zsum),
                   empty(Kst, n * C), empty(nq * zsum), empty(nq * zsum), empty(nq * zsum), empty(nq * C),
                   empty(n * zsum), empty(n * zsum), empty(n * zsum), empty(P), empty(P), empty(P),
-                  empty(n * width), empty(block), np.empty(S, dtype=dt), empty(P), empty(P))
+                  empty(n * width), empty(block), np.empty(PT, dtype=dt), empty(K + 1, PT), np.empty(S, dtype=dt),
+                  empty(P), empty(P))
     return _Plan(layout, workspaces, ThreadChoice())
 
 
@@ -258,7 +260,7 @@ def predictions(net, theta, X_support, y_support, X_query, precond, steps):
     Ysf, Ysi = _targets(net, y_support, T, n, "y_support")
     sizes, poff, zoff = _layout(net)
     S, P, C = min(T, TASK_SLOTS), theta.shape[0], int(sizes[-1])
-    zsum, width, block = int(zoff[-1]), int(sizes.max()), int((sizes[:-1] * sizes[1:]).max())
+    zsum, PT = int(zoff[-1]), P - int(poff[1])  # PT: transposed weights (meta_passes._weights_t)
     dt = theta.dtype
 
     def empty(*shape):
@@ -269,7 +271,7 @@ def predictions(net, theta, X_support, y_support, X_query, precond, steps):
         predictions_kernel(theta, precond, Xs, Ysf, Ysi, Xq, sizes, poff, zoff, get_activation(net.activation).code,
                            get_loss(net.loss_name).code, empty(P), empty(P), empty(n * zsum), empty(n * zsum),
                            empty(n * zsum), empty(n * C), empty(nq * zsum), empty(nq * zsum),
-                           empty(block), out)
+                           np.empty(PT, dtype=dt), empty(PT), out)
     return out
 
 
@@ -324,7 +326,7 @@ def _adapt_plan(net, T, n, nq, b, thread) -> _Plan:
     and ``nq`` query rows, made once and reused, as ``_meta_plan``."""
     sizes, poff, zoff = _layout(net)
     S, P, C, d_in = min(T, TASK_SLOTS), net.n_params, int(sizes[-1]), int(sizes[0])
-    zsum, block = int(zoff[-1]), int((sizes[:-1] * sizes[1:]).max())
+    zsum, PT = int(zoff[-1]), P - int(poff[1])
     dt = np.dtype(net.dtype)
     mse = get_loss(net.loss_name).code == MSE
 
@@ -334,5 +336,6 @@ def _adapt_plan(net, T, n, nq, b, thread) -> _Plan:
     layout = (sizes, poff, zoff, get_activation(net.activation).code, get_loss(net.loss_name).code)
     workspaces = (empty(P), empty(n * zsum), empty(n * zsum), empty(n * zsum), empty(n * C), empty(b * d_in),
                   empty(b if mse else 0, C if mse else 0), np.empty((S, 0 if mse else b), dtype=np.int64),
-                  empty(nq * zsum), empty(nq * zsum), empty(nq * zsum), empty(nq * C), empty(block))
+                  empty(nq * zsum), empty(nq * zsum), empty(nq * zsum), empty(nq * C), np.empty(PT, dtype=dt),
+                  empty(PT))
     return _Plan(layout, workspaces, ThreadChoice())

@@ -33,30 +33,34 @@ from numba import prange
 from .jit import kernel
 from .kernels import _view
 from .losses import MSE
-from .meta_passes import _backward, _forward, _hvp, _loss_into
+from .meta_passes import _backward, _forward, _hvp, _loss_into, _weights_t
 
 
 # ------------------------------------------------------------ meta-batch
 @kernel
 def _task(theta, precond, X, Yf, Yi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
-          thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch,
+          thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, thetaT, thetasT,
           d_theta, d_precond):
     """One task (inner_loop.task_meta_loss_and_grad); adds its gradients into
     ``d_theta``, ``d_precond`` (unless ``d_precond`` is empty: MAML does not
     need it) and returns its query loss. ``thetas[k]`` holds the iterate
-    ``theta_k`` for ``k >= 1``; ``theta_0`` is ``theta`` itself."""
+    ``theta_k`` for ``k >= 1``; ``theta_0`` is ``theta`` itself. ``thetasT[k]``
+    receives ``theta_k``'s transposed weights from its backward pass, for its
+    Hessian-vector product; ``theta_0``'s are ``thetaT``, made once per
+    meta-batch (meta_passes._backward)."""
     n, nq, P = X.shape[0], Xq.shape[0], theta.shape[0]
     for k in range(steps):
         th = _iterate(theta, thetas, k)
         _forward(th, X, sizes, poff, zoff, act, Zs[k], Hs[k])
         _loss_into(loss, Zs[k], n, zoff, sizes, Yf, Yi, Ds[k], Ps[k])
-        _backward(th, X, sizes, poff, zoff, act, Zs[k], Hs[k], Ds[k], grads[k], scratch)
+        _backward(th, X, sizes, poff, zoff, act, Zs[k], Hs[k], Ds[k], grads[k], _iterate(thetaT, thetasT, k),
+                  k > 0)
         for j in range(P):
             thetas[k + 1, j] = th[j] - precond[j] * grads[k, j]
     th = _iterate(theta, thetas, steps)
     _forward(th, Xq, sizes, poff, zoff, act, Zq, Hq)
     value = _loss_into(loss, Zq, nq, zoff, sizes, Yqf, Yqi, Dq, Pq)
-    _backward(th, Xq, sizes, poff, zoff, act, Zq, Hq, Dq, u, scratch)
+    _backward(th, Xq, sizes, poff, zoff, act, Zq, Hq, Dq, u, _iterate(thetaT, thetasT, steps), steps > 0)
     for k in range(steps - 1, -1, -1):
         if d_precond.shape[0] > 0:
             for j in range(P):
@@ -65,7 +69,7 @@ def _task(theta, precond, X, Yf, Yi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss,
             for j in range(P):
                 w[j] = precond[j] * u[j]
             _hvp(_iterate(theta, thetas, k), w, X, sizes, poff, zoff, act, loss, Zs[k], Hs[k], Ds[k], Ps[k],
-                 Zd, Hd, Dd, hv, tmp, scratch)
+                 Zd, Hd, Dd, hv, tmp, _iterate(thetaT, thetasT, k), scratch)
             for j in range(P):
                 u[j] -= hv[j]
     for j in range(P):
@@ -84,8 +88,8 @@ def _iterate(theta, thetas, k):
 
 @kernel
 def _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
-          thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, loss_acc,
-          d_theta_acc, d_precond_acc):
+          thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, thetaT, thetasT,
+          loss_acc, d_theta_acc, d_precond_acc):
     """Slot ``s``: the tasks ``s, s + S, s + 2S, ...`` in order, summed into row ``s`` of the
     accumulators, with row ``s`` of every workspace."""
     T, S = Xs.shape[0], thetas.shape[0]
@@ -96,7 +100,7 @@ def _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act,
         loss_acc[s] += _task(theta, precond, Xs[t], Ysf[t], Ysi[t], Xq[t], Yqf[t], Yqi[t], sizes, poff,
                              zoff, act, loss, steps, first_order, thetas[s], grads[s], Zs[s], Hs[s],
                              Ds[s], Ps[s], Zq[s], Hq[s], Dq[s], Pq[s], Zd[s], Hd[s], Dd[s], u[s], w[s],
-                             hv[s], tmp[s], scratch[s], d_theta_acc[s], d_precond_acc[s])
+                             hv[s], tmp[s], scratch[s], thetaT, thetasT[s], d_theta_acc[s], d_precond_acc[s])
 
 
 @kernel
@@ -117,28 +121,30 @@ def _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
 @kernel(parallel=True)
 def meta_batch_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps,
                       first_order, thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv,
-                      tmp, scratch, loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
+                      tmp, scratch, thetaT, thetasT, loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
     """The sum over tasks of the query loss (returned) and of its gradients wrt
     ``theta`` and ``precond`` (into ``d_theta``, ``d_precond``):
     inner_loop.reference_meta_loss_and_grad before the mean. The slots run on
     Numba's threads."""
+    _weights_t(theta, sizes, poff, thetaT)
     for s in prange(thetas.shape[0]):
         _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
-              thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, loss_acc,
-              d_theta_acc, d_precond_acc)
+              thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, thetaT, thetasT,
+              loss_acc, d_theta_acc, d_precond_acc)
     return _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond)
 
 
 @kernel
 def meta_batch_serial(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps,
                       first_order, thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv,
-                      tmp, scratch, loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
+                      tmp, scratch, thetaT, thetasT, loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond):
     """``meta_batch_kernel`` on the calling thread alone (small meta-batches, where a
     fork/join costs more than it gives; meta_batch.py): the same slots, the same sums."""
+    _weights_t(theta, sizes, poff, thetaT)
     for s in range(thetas.shape[0]):
         _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
-              thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, loss_acc,
-              d_theta_acc, d_precond_acc)
+              thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, thetaT, thetasT,
+              loss_acc, d_theta_acc, d_precond_acc)
     return _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond)
 
 
@@ -177,14 +183,17 @@ def _finite_matrix(a):
 
 @kernel(parallel=True)
 def predictions_kernel(theta, precond, Xs, Ysf, Ysi, Xq, sizes, poff, zoff, act, loss, th, grad,
-                       Z, H, D, Pr, Zq, Hq, scratch, out):
+                       Z, H, D, Pr, Zq, Hq, thetaT, WT, out):
     """Query outputs of every task after ``0..steps`` steps into ``out``
     (T, steps + 1, Q, d_out), NaN from the step a task diverges
-    (inner_loop.reference_predictions). Slot ``s`` owns row ``s`` of the workspaces."""
+    (inner_loop.reference_predictions). Slot ``s`` owns row ``s`` of the workspaces;
+    ``thetaT`` receives ``theta``'s transposed weights for every task's first step,
+    ``WT[s]`` those of the later iterates (meta_passes._backward)."""
     T, S = Xs.shape[0], th.shape[0]
     steps = out.shape[1] - 1
     L = sizes.shape[0] - 1
     n, nq, C = Xs.shape[1], Xq.shape[1], sizes[L]
+    _weights_t(theta, sizes, poff, thetaT)
     for s in prange(S):
         for t in range(s, T, S):
             th[s, :] = theta
@@ -193,7 +202,8 @@ def predictions_kernel(theta, precond, Xs, Ysf, Ysi, Xq, sizes, poff, zoff, act,
                 if k > 0:
                     _forward(th[s], Xs[t], sizes, poff, zoff, act, Z[s], H[s])
                     _loss_into(loss, Z[s], n, zoff, sizes, Ysf[t], Ysi[t], D[s], Pr[s])
-                    _backward(th[s], Xs[t], sizes, poff, zoff, act, Z[s], H[s], D[s], grad[s], scratch[s])
+                    _backward(th[s], Xs[t], sizes, poff, zoff, act, Z[s], H[s], D[s], grad[s],
+                              thetaT if k == 1 else WT[s], k > 1)
                     for j in range(th.shape[1]):
                         th[s, j] = th[s, j] - precond[j] * grad[s, j]
                     if not _finite_vector(th[s]):
@@ -210,7 +220,7 @@ def predictions_kernel(theta, precond, Xs, Ysf, Ysi, Xq, sizes, poff, zoff, act,
 # -------------------------------------------------------------- adaptation
 @kernel(parallel=True)
 def adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, batch_size,
-                 grad, Z, H, D, Pr, Xb, Ybf, Ybi, Zq, Hq, Dq, Pq, scratch, adapted, diverged_at, query_loss):
+                 grad, Z, H, D, Pr, Xb, Ybf, Ybi, Zq, Hq, Dq, Pq, thetaT, WT, adapted, diverged_at, query_loss):
     """``steps`` steps ``theta - precond * grad L(rows)`` on every task's support set into
     ``adapted`` (T, P) (reptile.iterates with SGD): step ``j`` uses rows
     ``j*b .. j*b+b-1`` (mod ``n``) for ``b = batch_size``. ``diverged_at[t]`` is the
@@ -218,10 +228,13 @@ def adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, 
     ``query_loss[t]`` is the loss of the adapted parameters on the query set, if
     ``Xq`` holds the tasks (else it is left alone). Slot ``s`` owns row ``s`` of the
     workspaces; ``Ybf`` (S, b, d_out) for ``"mse"`` and ``Ybi`` (S, b) for ``"xent"``
-    receive the rows of a minibatch (the other is empty)."""
+    receive the rows of a minibatch (the other is empty). ``thetaT`` receives
+    ``theta``'s transposed weights for every task's first step, ``WT[s]`` those of
+    the later iterates (meta_passes._backward)."""
     T, S = Xs.shape[0], grad.shape[0]
     n, P = Xs.shape[1], theta.shape[0]
     b = batch_size
+    _weights_t(theta, sizes, poff, thetaT)
     for s in prange(S):
         Xbs = _view(Xb[s], 0, b, Xs.shape[2])
         for t in range(s, T, S):
@@ -241,7 +254,8 @@ def adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, 
                     Xk, Yfk, Yik = Xbs, Ybf[s], Ybi[s]
                 _forward(adapted[t], Xk, sizes, poff, zoff, act, Z[s], H[s])
                 _loss_into(loss, Z[s], b, zoff, sizes, Yfk, Yik, D[s], Pr[s])
-                _backward(adapted[t], Xk, sizes, poff, zoff, act, Z[s], H[s], D[s], grad[s], scratch[s])
+                _backward(adapted[t], Xk, sizes, poff, zoff, act, Z[s], H[s], D[s], grad[s],
+                          thetaT if k == 0 else WT[s], k > 0)
                 for j in range(P):
                     adapted[t, j] = adapted[t, j] - precond[j] * grad[s, j]
                 if not _finite_vector(adapted[t]):

@@ -14,6 +14,10 @@ Layout (``n`` rows, ``zoff`` the running sum of ``sizes[1:]``): layer
 ``l``'s block of ``Z``, ``H``, ``D`` (``delta``), ``Zd``, ``Hd``, ``Dd``
 (their tangents) is the contiguous ``(n, sizes[l+1])`` array at
 ``n * zoff[l]`` (``H``'s last block is unused: the output layer is linear).
+The backward passes multiply by the transposed weights ``W_l^T`` of the
+layers after the first, held in a buffer of their own (``_weights_t``), so
+that an iterate's are made once and read by its backward pass and its
+Hessian-vector product, and ``theta``'s once for a whole meta-batch.
 Nothing here allocates.
 """
 from __future__ import annotations
@@ -256,10 +260,34 @@ def _loss_into(loss, Z, n, zoff, sizes, Yf, Yi, D, Pr):
 
 
 @kernel
-def _backward(theta, X, sizes, poff, zoff, act, Z, H, D, grad, scratch):
+def _weights_t(theta, sizes, poff, WT):
+    """``WT`` gets ``W_l^T`` (d_out, d_in) of every layer after the first (``_wt``): the matrices
+    that the backward passes multiply by, ``delta_l W_l^T``. Layer 0's is never needed."""
+    for l in range(1, sizes.shape[0] - 1):
+        d_in, d_out = sizes[l], sizes[l + 1]
+        _transpose(_view(theta, poff[l], d_in, d_out), _wt(WT, sizes, poff, l))
+
+
+@kernel
+def _wt(WT, sizes, poff, l):
+    """Layer ``l``'s ``W_l^T`` in ``WT``: the (d_out, d_in) block at ``poff[l] - poff[1]``."""
+    return _view(WT, poff[l] - poff[1], sizes[l + 1], sizes[l])
+
+
+@kernel
+def _backward(theta, X, sizes, poff, zoff, act, Z, H, D, grad, WT, fresh):
     """Backpropagate ``D``'s output block into every block of ``D`` and into ``grad``
-    (reference.backward_pass); ``D`` keeps every layer's ``delta``."""
+    (reference.backward_pass); ``D`` keeps every layer's ``delta``.
+
+    ``WT`` holds ``theta``'s transposed weights (``_weights_t``), or receives
+    them first if ``fresh``: a meta-batch transposes ``theta_0``'s once for
+    all its tasks, and the Hessian-vector product at an iterate reuses the
+    ones its support pass made (a 40 x 40 transpose costs nearly as much as
+    the product that reads it).
+    """
     n = X.shape[0]
+    if fresh:
+        _weights_t(theta, sizes, poff, WT)
     for l in range(sizes.shape[0] - 2, -1, -1):
         d_in, d_out = sizes[l], sizes[l + 1]
         delta = _view(D, n * zoff[l], n, d_out)
@@ -267,16 +295,17 @@ def _backward(theta, X, sizes, poff, zoff, act, Z, H, D, grad, scratch):
         _add_colsum(delta, grad[poff[l] + d_in * d_out:poff[l + 1]])
         if l > 0:
             back = _view(D, n * zoff[l - 1], n, d_in)
-            _mm_nt(delta, _view(theta, poff[l], d_in, d_out), back, False, scratch)
+            _mm(delta, _wt(WT, sizes, poff, l), back, False)
             _back_through_d1(back, _view(Z, n * zoff[l - 1], n, d_in), act)
 
 
 @kernel
-def _hvp(theta, v, X, sizes, poff, zoff, act, loss, Z, H, D, Pr, Zd, Hd, Dd, hv, tmp, scratch):
+def _hvp(theta, v, X, sizes, poff, zoff, act, loss, Z, H, D, Pr, Zd, Hd, Dd, hv, tmp, WT, scratch):
     """``hv = H(theta) v`` of the loss on ``X`` from a stored forward/backward pass
     (``Z``, ``H``, ``D``, ``Pr``): one R-forward and one R-backward pass
     (reference.r_forward_pass, reference.r_backward_pass; DESIGN.md section 2).
-    ``tmp`` holds ``n * max(sizes)`` entries."""
+    ``WT`` holds ``theta``'s transposed weights (``_weights_t``); ``tmp`` holds
+    ``n * max(sizes)`` entries, ``scratch`` a transposed block of ``v``."""
     n = X.shape[0]
     L = sizes.shape[0] - 1
     for l in range(L):  # R-forward
@@ -304,14 +333,14 @@ def _hvp(theta, v, X, sizes, poff, zoff, act, loss, Z, H, D, Pr, Zd, Hd, Dd, hv,
             _mm_tn(_view(Hd, n * zoff[l - 1], n, d_in), delta, hW, True)
         _add_colsum(delta_dot, hv[poff[l] + d_in * d_out:poff[l + 1]])
         if l > 0:
-            W = _view(theta, poff[l], d_in, d_out)
+            WTl = _wt(WT, sizes, poff, l)
             back_dot = _view(Dd, n * zoff[l - 1], n, d_in)
-            _mm_nt(delta_dot, W, back_dot, False, scratch)
+            _mm(delta_dot, WTl, back_dot, False)
             _mm_nt(delta, _view(v, poff[l], d_in, d_out), back_dot, True, scratch)
             Zp = _view(Z, n * zoff[l - 1], n, d_in)
             if act == RELU:  # act'' = 0
                 _back_through_d1(back_dot, Zp, act)
             else:  # back (dL/dH, in tmp) is needed for the act'' term only
                 back = _view(tmp, 0, n, d_in)
-                _mm_nt(delta, W, back, False, scratch)
+                _mm(delta, WTl, back, False)
                 _back_through_activation(back, back_dot, Zp, _view(Zd, n * zoff[l - 1], n, d_in), act)
