@@ -417,6 +417,26 @@ def test_finite_vector_finds_every_non_finite_entry(dtype, n):
                 assert not _finite_vector(b), (i, bad)
 
 
+@pytest.mark.kernels
+def test_all_finite_agrees_with_numpy():
+    """validation.all_finite (the compiled check for float arrays) on dtypes, layouts and read-only arrays."""
+    from tinymeta import validation as val
+
+    base = np.arange(24.0).reshape(4, 6)
+    cases = [base, base.astype(np.float32), base[:, ::2], base.T, base.astype(">f8"), np.arange(5), np.zeros(0),
+             np.array([True, False])]
+    for bad in (np.inf, -np.inf, np.nan):
+        for where in ((0, 0), (3, 5), (2, 3)):
+            b = base.copy()
+            b[where] = bad
+            cases += [b, b.astype(np.float32), b[:, ::-1]]
+    frozen = base.copy()
+    frozen.flags.writeable = False
+    cases.append(frozen)
+    for a in cases:
+        assert val.all_finite(a) == bool(np.isfinite(a).all()), (a.dtype, a.shape, a.strides)
+
+
 def test_reptile_direction_adds_the_tasks_in_order(rng, monkeypatch):
     """The compiled meta_step sums theta - adapted_i over tasks vectorised; the bits are the loop's."""
     net, theta, batch = _problem((1, 40, 40, 1), "relu", "mse", rng, T=13)

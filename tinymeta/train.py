@@ -31,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import checkpoint, optim, registry
+from . import validation as val
 from .config import TrainConfig
 from .evaluate import evaluate
 
@@ -105,7 +106,7 @@ def _check_finite(iteration, loss, grads, params, run_dir, last_saved):
     problems = [] if math.isfinite(loss) else [f"the meta-loss is {loss}"]
     for kind, arrays in (("meta-gradient", grads), ("parameter", params)):
         problems += [f"the {kind} {k!r} has {int(np.size(v) - np.isfinite(v).sum())} non-finite entries"
-                     for k, v in arrays.items() if not np.isfinite(v).all()]
+                     for k, v in arrays.items() if not val.all_finite(np.asarray(v))]
         if problems:
             break
     if problems:

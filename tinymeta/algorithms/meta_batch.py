@@ -47,7 +47,8 @@ import numpy as np
 
 from ..nn.activations import get_activation
 from ..nn.losses import MSE, get_loss
-from ..nn.meta_kernels import adapt_kernel, meta_batch_kernel, meta_batch_serial, predictions_kernel
+from ..nn.meta_kernels import (adapt_kernel, meta_batch_kernel, meta_batch_serial, predictions_kernel,
+                               steps_sum_kernel)
 from ..nn.mlp import MLP
 
 TASK_SLOTS = 8  # parallel task slots; fixed so that sums do not depend on the number of threads
@@ -318,6 +319,14 @@ def batched_adapt(net, theta, X_support, y_support, precond, steps, batch_size=N
         adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, *plan.layout, int(steps), b, *plan.workspaces,
                      adapted, diverged_at, query_loss)
     return adapted, diverged_at, query_loss
+
+
+def steps_sum(theta, adapted):
+    """``sum over t of (theta - adapted[t])`` for ``batched_adapt``'s ``adapted`` (T, P): Reptile's
+    direction before the mean, the tasks added in order (``meta_kernels.steps_sum_kernel``)."""
+    out = np.empty_like(theta)
+    steps_sum_kernel(theta, adapted, out)
+    return out
 
 
 @lru_cache(maxsize=4)

@@ -157,8 +157,8 @@ def meta_step(net, params, batch, config):
         if (diverged_at >= 0).any():
             k = diverged_at[np.argmax(diverged_at >= 0)] - 1
             _diverged(k, config.inner_steps, config)
-        # task by task, in order, as in the loop below: NumPy adds the rows of (T, P) over axis 0 one after another
-        direction, loss = (theta - adapted).sum(axis=0), sum(losses.tolist())
+        # task by task, in order, as in the loop below
+        direction, loss = meta_batch.steps_sum(theta, adapted), sum(losses.tolist())
         return loss / batch.n_tasks, {"theta": direction / batch.n_tasks}
     loss, direction = 0.0, np.zeros_like(theta)
     for i in range(batch.n_tasks):

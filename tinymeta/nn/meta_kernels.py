@@ -264,3 +264,13 @@ def adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, 
             if Xq.shape[0] > 0 and diverged_at[t] < 0:
                 _forward(adapted[t], Xq[t], sizes, poff, zoff, act, Zq[s], Hq[s])
                 query_loss[t] = _loss_into(loss, Zq[s], Xq.shape[1], zoff, sizes, Yqf[t], Yqi[t], Dq[s], Pq[s])
+
+
+@kernel
+def steps_sum_kernel(theta, adapted, out):
+    """``out = sum over t of (theta - adapted[t])``: from zero, the tasks added in order, as
+    reptile.meta_step's loop adds them (the same bits), without its (T, P) temporary."""
+    out[:] = 0.0
+    for t in range(adapted.shape[0]):
+        for j in range(theta.shape[0]):
+            out[j] += theta[j] - adapted[t, j]
