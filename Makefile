@@ -16,7 +16,7 @@ DEMO_ITERATIONS ?= 25000
 DEMO_DIR        ?= runs/demo
 
 ## demo: set up, then meta-train MAML on sinusoids with the paper's settings (DEMO_ITERATIONS iterations,
-##       15-30 s once compiled), print the 5-shot test table and the paths of the plots
+##       9-15 s once compiled), print the 5-shot test table and the paths of the plots
 demo: $(STAMP)
 	$(BIN)/tinymeta train --algo maml --task sinusoid --iterations $(DEMO_ITERATIONS) --out $(DEMO_DIR) --overwrite
 
