@@ -125,10 +125,13 @@ def meta_batch_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, z
     """The sum over tasks of the query loss (returned) and of its gradients wrt
     ``theta`` and ``precond`` (into ``d_theta``, ``d_precond``):
     inner_loop.reference_meta_loss_and_grad before the mean. The slots run on
-    Numba's threads."""
+    Numba's threads. ``prange`` makes ``s`` unsigned; ``_slot`` gets it as the signed integer
+    that ``meta_batch_serial`` passes, so that both kernels call one compiled ``_slot``. (A second,
+    unsigned ``_slot`` was linked with all it calls and optimised again: from an empty cache this
+    kernel took 31.2 s to compile, 26.7 s with one ``_slot``; float64, sinusoid net.)"""
     _weights_t(theta, sizes, poff, thetaT)
     for s in prange(thetas.shape[0]):
-        _slot(s, theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
+        _slot(np.int64(s), theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
               thetas, grads, Zs, Hs, Ds, Ps, Zq, Hq, Dq, Pq, Zd, Hd, Dd, u, w, hv, tmp, scratch, thetaT, thetasT,
               loss_acc, d_theta_acc, d_precond_acc)
     return _sum_slots(loss_acc, d_theta_acc, d_precond_acc, d_theta, d_precond)
