@@ -128,7 +128,7 @@ def meta_batch_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, z
     Numba's threads. ``prange`` makes ``s`` unsigned; ``_slot`` gets it as the signed integer
     that ``meta_batch_serial`` passes, so that both kernels call one compiled ``_slot``. (A second,
     unsigned ``_slot`` was linked with all it calls and optimised again: from an empty cache this
-    kernel took 31.2 s to compile, 26.7 s with one ``_slot``; float64, sinusoid net.)"""
+    kernel took 28.7-31.2 s to compile, 26.7 s with one ``_slot``; float64, sinusoid net.)"""
     _weights_t(theta, sizes, poff, thetaT)
     for s in prange(thetas.shape[0]):
         _slot(np.int64(s), theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, act, loss, steps, first_order,
