@@ -82,7 +82,7 @@ def test_backward_reads_the_stored_transposed_weights(dtype, n, rng):
     """``_weights_t`` stores ``W_l^T`` of the layers after the first at ``poff[l] - poff[1]``;
     ``_backward`` makes them when ``fresh`` and otherwise reads them (so stale ones change
     the result), and each propagated ``delta`` is the in-order ``delta W^T`` times ``act'``."""
-    from tinymeta.algorithms.meta_batch import _layout
+    from tinymeta.algorithms.meta_batch import _layout, _transposed_size
     from tinymeta.nn.activations import TANH
     from tinymeta.nn.losses import MSE
     from tinymeta.nn.meta_passes import _backward, _forward, _loss_into, _weights_t, _wt
@@ -96,7 +96,7 @@ def test_backward_reads_the_stored_transposed_weights(dtype, n, rng):
     Z, H, D = (np.zeros(n * int(zoff[-1]), dtype) for _ in range(3))
     _forward(theta, X, sizes, poff, zoff, TANH, Z, H)
     _loss_into(MSE, Z, n, zoff, sizes, Y, np.empty(0, np.int64), D, np.empty(0, dtype))
-    WT = np.full(net.n_params - int(poff[1]), np.nan, dtype)
+    WT = np.full(_transposed_size(poff), np.nan, dtype)
     grad = np.empty(net.n_params, dtype)
     _backward(theta, X, sizes, poff, zoff, TANH, Z, H, D, grad, WT, True)
     for l, (W, _) in enumerate(net.unflatten(theta)):

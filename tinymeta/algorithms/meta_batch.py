@@ -142,6 +142,11 @@ def _layout(net):
     return sizes, poff, zoff
 
 
+def _transposed_size(poff):
+    """Entries of the transposed weights of the layers after the first (``meta_passes._weights_t``)."""
+    return int(poff[-1] - poff[1])
+
+
 def _targets(net, y, T, n, name):
     """``(float targets, int labels)`` for the kernels, checked: the unused one is empty."""
     y = np.asarray(y)
@@ -225,7 +230,7 @@ def _meta_plan(net, T, n, nq, K, thread) -> _Plan:
     ``thread`` (the caller's thread id) keeps two threads from sharing workspaces."""
     sizes, poff, zoff = _layout(net)
     S, P, C = min(T, TASK_SLOTS), net.n_params, int(sizes[-1])
-    PT = P - int(poff[1])  # transposed weights of the layers after the first (meta_passes._weights_t)
+    PT = _transposed_size(poff)
     Kst = max(K, 1)
     zsum, width, block = int(zoff[-1]), int(sizes.max()), int((sizes[:-1] * sizes[1:]).max())
     dt = np.dtype(net.dtype)
@@ -261,7 +266,7 @@ def predictions(net, theta, X_support, y_support, X_query, precond, steps):
     Ysf, Ysi = _targets(net, y_support, T, n, "y_support")
     sizes, poff, zoff = _layout(net)
     S, P, C = min(T, TASK_SLOTS), theta.shape[0], int(sizes[-1])
-    zsum, PT = int(zoff[-1]), P - int(poff[1])  # PT: transposed weights (meta_passes._weights_t)
+    zsum, PT = int(zoff[-1]), _transposed_size(poff)
     dt = theta.dtype
 
     def empty(*shape):
@@ -335,7 +340,7 @@ def _adapt_plan(net, T, n, nq, b, thread) -> _Plan:
     and ``nq`` query rows, made once and reused, as ``_meta_plan``."""
     sizes, poff, zoff = _layout(net)
     S, P, C, d_in = min(T, TASK_SLOTS), net.n_params, int(sizes[-1]), int(sizes[0])
-    zsum, PT = int(zoff[-1]), P - int(poff[1])
+    zsum, PT = int(zoff[-1]), _transposed_size(poff)
     dt = np.dtype(net.dtype)
     mse = get_loss(net.loss_name).code == MSE
 
