@@ -153,6 +153,15 @@ def meta_batch_serial(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, z
 
 # ----------------------------------------------------------- predictions
 @kernel
+def _copy(dst, src):
+    """``dst[:] = src`` for 1-D arrays, as a loop: Numba's slice assignment from an array
+    first checks whether the two overlap, and took 0.66-0.79 us for the sinusoid net's 1761
+    parameters against 0.12-0.32 us for this loop (one core, float32 / float64)."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@kernel
 def _finite_vector(a):
     """Whether every entry of the 1-D ``a`` is finite.
 
@@ -199,7 +208,7 @@ def predictions_kernel(theta, precond, Xs, Ysf, Ysi, Xq, sizes, poff, zoff, act,
     _weights_t(theta, sizes, poff, thetaT)
     for s in prange(S):
         for t in range(s, T, S):
-            th[s, :] = theta
+            _copy(th[s], theta)
             last = -1
             for k in range(steps + 1):
                 if k > 0:
@@ -241,7 +250,7 @@ def adapt_kernel(theta, precond, Xs, Ysf, Ysi, Xq, Yqf, Yqi, sizes, poff, zoff, 
     for s in prange(S):
         Xbs = _view(Xb[s], 0, b, Xs.shape[2])
         for t in range(s, T, S):
-            adapted[t, :] = theta
+            _copy(adapted[t], theta)
             diverged_at[t] = -1
             for k in range(steps):
                 if b == n:  # the whole support set, in order
