@@ -144,6 +144,59 @@ def test_bad_episodes_are_named(rng):
         protonet.loss_and_grad(net, theta, Xs, ys, Xq[:, :4], yq)
 
 
+def _outcome(f):
+    """``f()``'s episodes, or the type and message of what it raised."""
+    try:
+        return f()
+    except (TypeError, ValueError) as err:
+        return type(err), str(err)
+
+
+def test_episodes_checked_at_once_are_the_episodes_checked_one_by_one(rng):
+    """``embedding.check_episodes`` (the stacked checks) gives what ``check_episode`` gives for every
+    episode, arrays, dtypes and N, and for a bad batch raises the first bad episode's error."""
+    from tinymeta.algorithms import embedding
+
+    net = _net(dtype="float32")
+    batch = episodes(rng, 4, n_way=3, shots=2, d=5, k=2)
+    T = batch.n_tasks
+
+    def changed(name, t, value):
+        a = np.array(getattr(batch, name))
+        a[t] = value
+        return batch._replace(**{name: a})
+    ys, yq = batch.y_support, batch.y_query
+    cases = {
+        "valid": batch,
+        "int32 labels, float64 inputs, strided": batch._replace(
+            y_support=ys.astype(np.int32), y_query=yq.astype(np.uint8),
+            X_support=np.asfortranarray(batch.X_support.astype(np.float64))),
+        "episodes of other N": batch._replace(y_support=np.r_[ys[:1], ys[1:] % 2], y_query=yq % 2),
+        "a NaN input": changed("X_query", 2, np.nan),
+        "an infinite input": changed("X_support", 1, np.inf),
+        "a query label out of range": changed("y_query", 3, 3),
+        "a negative support label": changed("y_support", 1, -1),
+        "a class without support example": changed("y_support", 2, [0, 2, 0, 2, 0, 2]),
+        "float labels": batch._replace(y_support=ys.astype(float)),
+        "integer inputs": batch._replace(X_query=np.ones(batch.X_query.shape, dtype=int)),
+        "inputs of another width": batch._replace(X_query=batch.X_query[..., :4]),
+        "no support rows": batch._replace(X_support=batch.X_support[:, :0], y_support=ys[:, :0]),
+        "labels in a list": batch._replace(y_query=list(yq)),
+    }
+    for name, b in cases.items():
+        embedding.check_batch(b)
+        got = _outcome(lambda: embedding.check_episodes(net, b))
+        want = _outcome(lambda: [embedding.check_episode(net, *b.task(t)) for t in range(T)])
+        if isinstance(want, tuple):
+            assert got == want, name
+            continue
+        assert len(got) == len(want) == T, name
+        for g, w in zip(got, want):
+            assert g[4] == w[4], name
+            for ga, wa in zip(g[:4], w[:4]):
+                assert ga.dtype == wa.dtype and ga.flags.c_contiguous and np.array_equal(ga, wa), name
+
+
 def test_batches_of_different_ways_are_refused(rng):
     """N-way mismatch: a meta-batch averages episodes of one N."""
     net = _net()

@@ -50,11 +50,11 @@ def batch_mean_on_embeddings(net, theta, batch, embedding_loss_and_grad, batched
     -------
     (float, (net.n_params,) array)
 
-    Every episode must be valid (``embedding.check_episode``) and have the
-    same ``N``, as ``embedding.batch_mean`` requires.
+    Every episode must be valid (``embedding.check_episode``; ``check_episodes`` checks
+    them all at once) and have the same ``N``, as ``embedding.batch_mean`` requires.
     """
     emb.check_batch(batch)
-    episodes = [emb.check_episode(net, *batch.task(i)) for i in range(batch.n_tasks)]
+    episodes = emb.check_episodes(net, batch)
     for i, episode in enumerate(episodes):
         if episode[4] != episodes[0][4]:
             raise ValueError(f"every episode of batch must have the same number of ways: episode 0 is "
