@@ -85,6 +85,7 @@ def _header(results) -> list:
                   "CPUs when the run started; other processes competed for the cores, so timings (above all the "
                   "2-thread ones) are unreliable.", ""]
     lines += _blas_family_note(results)
+    lines += _machine_speed_note(results)
     if results["failures"]:
         lines += ["> **FAILED**: the run found errors or disagreeing meta-gradients; timings below are not "
                   "comparable until these are fixed:", ">"] + [f"> - {f}" for f in results["failures"]] + [""]
@@ -151,6 +152,25 @@ def _blas_family_note(results) -> list:
             f"{best.get('openblas_coretype')}; tinymeta's BLAS products (Omniglot-sized MAML, ProtoNet) are slower "
             f"for it, its Numba kernels (the sinusoid workloads) are not. `--openblas-coretype {name}` runs the "
             "workers with that family.", ""]
+
+
+SPEED_CHANGE = 0.8  # a one-thread matmul peak below this fraction of the previous run's (or above its inverse)
+
+
+def _machine_speed_note(results) -> list:
+    """A note when one core's matmul peak differs clearly from the previous full run's (``previous_peak``):
+    a virtual machine's CPU can run at half speed for hours, for every library alike, with nothing else
+    running on it (the load average does not show it). Absolute times then differ between the runs;
+    the ratios within each run compare libraries under the same conditions."""
+    previous, now = results.get("previous_peak"), _peak(results, "float32", 1)
+    if results["quick"] or not previous or not now or SPEED_CHANGE <= now / previous["float32"] <= 1 / SPEED_CHANGE:
+        return []
+    change = "slower" if now < previous["float32"] else "faster"
+    return [f"> **The machine ran {change} than in the previous run**: one core reached {now:.0f} float32 "
+            f"GFLOP/s on the matmul peak (below), {now / previous['float32']:.0%} of the {previous['float32']:.0f} "
+            f"measured by the run of {previous['date']}. The times of the two runs are not comparable; the ratios "
+            "between libraries within one run compare them under the same conditions (which need not slow every "
+            "library alike).", ""]
 
 
 def _peaks(results) -> list:

@@ -158,6 +158,20 @@ def failures_of(workers, agreement_rows):
     return out
 
 
+def previous_peak(path) -> dict | None:
+    """``{"date", "float32", "float64"}``: the best one-thread matmul GFLOP/s of the full run whose raw
+    results ``path`` holds (the one this run replaces), for the report to compare with this run's.
+    None when there is no such file, it cannot be read, or it is a ``--quick`` run (a small matmul)."""
+    try:
+        old = json.loads(Path(path).read_text())
+        if old["quick"]:
+            return None
+        rows = [p["gflops"] for p in old["peaks"] if p.get("threads") == 1 and "gflops" in p]
+        return {"date": old["date"], **{dtype: max(float(r[dtype]) for r in rows) for dtype in ("float32", "float64")}}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short timings, small peak matmul: checks the harness")
@@ -203,6 +217,7 @@ def main(argv=None) -> int:
         command = f"make bench BENCH_ARGS={shlex.quote(' '.join(argv))}  ->  {command}" if argv else \
             f"make bench  ->  {command}"
     info = machine.describe()
+    previous = previous_peak(args.json) if args.json else None
     peaks = measure_peaks(args.threads, args.quick, info["all_flags"])
     workers, grads = [], []
     with tempfile.TemporaryDirectory(prefix="tinymeta-bench-") as tmp:
@@ -225,7 +240,7 @@ def main(argv=None) -> int:
                "worker_order": worker_order(args.libraries, args.rounds), "dtypes": args.dtypes,
                "threads": args.threads,
                "libraries": args.libraries, "workloads": names, "machine": info, "peaks": peaks,
-               "workers": workers, "agreement": agree, "failures": failures,
+               "previous_peak": previous, "workers": workers, "agreement": agree, "failures": failures,
                "elapsed_s": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),
                "thread_environment": {name: "<threads>" for name in THREAD_VARIABLES}
                | {"OPENBLAS_CORETYPE": args.openblas_coretype or os.environ.get("OPENBLAS_CORETYPE", "(not set)")}}

@@ -1,6 +1,7 @@
 """The benchmark harness's non-timing logic: FLOP counts, theta layout round trips, the
 agreement check (on a tiny net), input generation and the report. Nothing here is timed;
 PyTorch and JAX are optional (their tests skip when absent)."""
+import json
 import sys
 from pathlib import Path
 
@@ -253,6 +254,34 @@ def test_report_warns_when_tinymeta_ran_slower_blas_kernels_than_the_best_measur
     assert "Slower BLAS kernels" in note[0] and "110" in note[0] and "200" in note[0] and "SkylakeX" in note[0]
     assert report._blas_family_note(results("SkylakeX")) == []
     assert report._blas_family_note({**results("Haswell"), "workers": []}) == []
+
+
+def test_report_notes_a_machine_much_slower_or_faster_than_in_the_previous_run(tmp_path):
+    from benchmarks import run
+
+    peaks = [{"threads": 1, "gflops": {"float32": 100.0, "float64": 50.0}},
+             {"threads": 2, "gflops": {"float32": 205.0, "float64": 100.0}}]
+    last = tmp_path / "last_run.json"
+    last.write_text(json.dumps({"date": "2026-12-02T16:14:55+00:00", "quick": False, "peaks": [
+        {"threads": 1, "gflops": {"float32": 180.0, "float64": 80.0}},
+        {"threads": 1, "gflops": {"float32": 210.0, "float64": 90.0}},
+        {"threads": 2, "gflops": {"float32": 400.0, "float64": 180.0}}]}))
+    previous = run.previous_peak(last)
+    assert previous == {"date": "2026-12-02T16:14:55+00:00", "float32": 210.0, "float64": 90.0}
+    note = report._machine_speed_note({"quick": False, "previous_peak": previous, "peaks": peaks})
+    assert "ran slower than in the previous run" in note[0] and "48% of the 210" in note[0]
+    assert "2026-12-02T16:14:55" in note[0]
+    faster = [{"threads": 1, "gflops": {"float32": 300.0, "float64": 50.0}}]
+    assert "ran faster" in report._machine_speed_note({"quick": False, "previous_peak": previous, "peaks": faster})[0]
+    similar = [{"threads": 1, "gflops": {"float32": 190.0, "float64": 50.0}}]
+    assert report._machine_speed_note({"quick": False, "previous_peak": previous, "peaks": similar}) == []
+    assert report._machine_speed_note({"quick": True, "previous_peak": previous, "peaks": peaks}) == []
+    assert report._machine_speed_note({"quick": False, "previous_peak": None, "peaks": peaks}) == []
+    for text in ("", "{", json.dumps({"date": "x", "quick": True, "peaks": []}), json.dumps({"quick": False}),
+                 json.dumps({"date": "x", "quick": False, "peaks": [{"threads": 2, "gflops": {}}]})):
+        last.write_text(text)
+        assert run.previous_peak(last) is None, text
+    assert run.previous_peak(tmp_path / "missing.json") is None
 
 
 def test_machine_description_reads_cpuinfo_and_names_the_amd_core():
