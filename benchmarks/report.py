@@ -159,9 +159,8 @@ SPEED_CHANGE = 0.8  # a one-thread matmul peak below this fraction of the previo
 
 def _machine_speed_note(results) -> list:
     """A note when one core's matmul peak differs clearly from the previous full run's (``previous_peak``):
-    a virtual machine's CPU can run at half speed for hours, for every library alike, with nothing else
-    running on it (the load average does not show it). Absolute times then differ between the runs;
-    the ratios within each run compare libraries under the same conditions."""
+    a virtual machine's CPU can run at half speed for an hour or more with nothing else running on it
+    (the load average does not show it), and absolute times then differ between the runs."""
     previous, now = results.get("previous_peak"), _peak(results, "float32", 1)
     if results["quick"] or not previous or not now or SPEED_CHANGE <= now / previous["float32"] <= 1 / SPEED_CHANGE:
         return []
