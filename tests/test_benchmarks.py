@@ -284,6 +284,22 @@ def test_report_notes_a_machine_much_slower_or_faster_than_in_the_previous_run(t
     assert run.previous_peak(tmp_path / "missing.json") is None
 
 
+def test_ab_alternates_the_sides_and_compares_best_and_median_times(tmp_path):
+    from benchmarks import ab
+
+    assert ab.order(3) == list("ABBAAB")
+    key = ("sinusoid-maml1", "float32")
+    runs_a = [{key: [3.0, 4.0, 5.0]}, {key: [2.0, 6.0]}]
+    runs_b = [{key: [2.5, 9.0]}, {key: [2.5, 3.0]}]  # lower best in the first pair only
+    (name, dtype, a_min, a_med, b_min, b_med, wins), = ab.compare(runs_a, runs_b)
+    assert (name, dtype, a_min, a_med, b_min, b_med, wins) == (*key, 2.0, 4.0, 2.5, 2.75, 1)
+    assert "1 of 2" in ab.table(ab.compare(runs_a, runs_b), "HEAD~1", ".", 2)
+    for rev in (ab.WORKING_TREE, "HEAD"):  # a commit's tinymeta (git archive) or the working tree's
+        tree = ab.extract(rev, tmp_path / rev.replace(".", "wt"))
+        assert (tree / "tinymeta" / "__init__.py").is_file() and (tree / "benchmarks" / "worker.py").is_file()
+        assert not list(tree.rglob("__pycache__"))
+
+
 def test_machine_description_reads_cpuinfo_and_names_the_amd_core():
     from benchmarks import machine
 
