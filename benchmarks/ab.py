@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import timing
-from .run import ROOT, worker_environment
+from .run import ROOT, run_worker, write_worker_config
 from .workloads import select
 
 WORKING_TREE = "."
@@ -63,14 +62,10 @@ def order(alternations: int) -> list:
 
 
 def run_side(tree: Path, threads: int, config: Path, out: Path) -> dict:
-    """One tinymeta worker on ``tree``: ``{(workload, dtype): per-repeat seconds}``."""
-    env = worker_environment("tinymeta", threads)
-    env["NUMBA_CACHE_DIR"] = str(tree / ".numba-cache")
-    env.pop("PYTHONPATH", None)  # the tree's own tinymeta, found from the working directory
-    cmd = [sys.executable, "-m", "benchmarks.worker", "--library", "tinymeta", "--threads", str(threads),
-           "--config", str(config), "--out", str(out)]
-    subprocess.run(cmd, cwd=tree, env=env, check=True)
-    report = json.loads(Path(str(out) + ".json").read_text())
+    """One tinymeta worker on ``tree`` (``run.run_worker``), with a Numba cache of its own:
+    ``{(workload, dtype): per-repeat seconds}``."""
+    report, _ = run_worker("tinymeta", threads, config, out, tree=tree,
+                           env={"NUMBA_CACHE_DIR": str(tree / ".numba-cache"), "PYTHONPATH": None})
     if report.get("status") != "ok":
         raise RuntimeError(f"the worker on {tree} did not run: {report.get('note')}")
     cells = {}
@@ -127,8 +122,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         trees = {"A": extract(args.base, tmp / "A"), "B": extract(args.new, tmp / "B")}
         config = tmp / "config.json"
-        config.write_text(json.dumps({"workloads": [w.name for w in workloads], "dtypes": args.dtypes,
-                                      "seed": args.seed, "settings": settings.__dict__}))
+        write_worker_config(config, workloads, args.dtypes, args.seed, settings)
         runs = {"A": [], "B": []}
         for k, side in enumerate(order(args.alternations)):
             print(f"[ab] {side} ({args.base if side == 'A' else args.new}), worker {k + 1} of "

@@ -57,15 +57,29 @@ def worker_environment(library: str, threads: int, base=None, coretype=None) -> 
     return env
 
 
-def run_worker(library, threads, config_path, out_prefix, coretype=None):
-    """Start one worker, stream its progress, and return its report (or an error record)."""
+def write_worker_config(path, workloads, dtypes, seed, settings):
+    """The JSON file every worker reads (``benchmarks.worker --config``)."""
+    Path(path).write_text(json.dumps({"workloads": [w.name for w in workloads], "dtypes": list(dtypes),
+                                      "seed": seed, "settings": settings.__dict__}))
+
+
+def run_worker(library, threads, config_path, out_prefix, coretype=None, tree=ROOT, env=None):
+    """Start one worker, stream its progress, and return its report (or an error record).
+
+    The worker runs in ``tree`` and imports the ``tinymeta`` found there (``benchmarks.ab`` passes
+    another revision's); ``env`` updates its environment, a value of None removing the variable."""
     cmd = [sys.executable, "-m", "benchmarks.worker", "--library", library, "--threads", str(threads),
            "--config", str(config_path), "--out", str(out_prefix)]
     print(f"[bench] {library} with {threads} thread(s)", file=sys.stderr, flush=True)
+    environment = worker_environment(library, threads, coretype=coretype)
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=worker_environment(library, threads, coretype=coretype),
-                              timeout=WORKER_TIMEOUT_S)
+        proc = subprocess.run(cmd, cwd=tree, env=environment, timeout=WORKER_TIMEOUT_S)
         code = proc.returncode
     except subprocess.TimeoutExpired:
         code = "timeout"
@@ -222,8 +236,7 @@ def main(argv=None) -> int:
     workers, grads = [], []
     with tempfile.TemporaryDirectory(prefix="tinymeta-bench-") as tmp:
         config = Path(tmp) / "config.json"
-        config.write_text(json.dumps({"workloads": [w.name for w in args.selected], "dtypes": args.dtypes,
-                                      "seed": args.seed, "settings": settings.__dict__}))
+        write_worker_config(config, args.selected, args.dtypes, args.seed, settings)
         for threads in args.threads:
             runs = {library: [] for library in args.libraries}
             for k, library in enumerate(worker_order(args.libraries, args.rounds)):
