@@ -40,6 +40,13 @@ where ``grad_E`` is the embedding network's gradient (its output is the
 ``D``-dimensional embedding) and ``6 Q N D`` counts the squared distances
 of ``Q`` queries to ``N`` prototypes and their gradients with respect to
 both (``2 Q N D`` each), written as products.
+
+Where the count has a shortcut: MAML's Omniglot-sized step, whose inner
+update of a layer is a product of two thin matrices (tinymeta's low-rank
+path). Where it has none: ProtoNet's, whose every product is needed in
+full -- each layer's outputs on all ``S + Q`` samples, each weight
+gradient ``h^T delta`` summed over all of them, each ``delta W^T`` but the
+first layer's -- on dense inputs.
 """
 from __future__ import annotations
 

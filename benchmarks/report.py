@@ -1,7 +1,7 @@
 """BENCHMARKS.md from one run's results (``run.main`` builds the ``results`` dict)."""
 from __future__ import annotations
 
-from . import agreement, flops
+from . import agreement, flops, targets
 from .workloads import WORKLOADS
 
 IMPL_ORDER = ("tinymeta", "torch-eager", "torch.func", "jax")
@@ -322,7 +322,8 @@ METHOD = """## Method
 def render(results) -> str:
     """The whole BENCHMARKS.md."""
     cells = _cells(results)
-    parts = (_header(results) + _summary(results, cells) + _machine(results) + _peaks(results)
+    parts = (_header(results) + _summary(results, cells) + targets.render(targets.check(results, cells, _peak))
+             + _machine(results) + _peaks(results)
              + _agreement(results) + _details(results, cells) + [METHOD])
     return "\n".join(parts).rstrip() + "\n"
 

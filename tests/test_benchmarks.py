@@ -415,3 +415,49 @@ def test_run_with_two_rounds_calls_the_workers_in_alternating_order(monkeypatch,
     run.main(["--quick", "--workloads", "sinusoid-maml1", "--libraries", "tinymeta", "--threads", "1",
               "--openblas-coretype", "Haswell", "--output", str(out), "--json", ""])
     assert calls == [(1, "tinymeta", "Haswell")] and "`OPENBLAS_CORETYPE` in the workers: Haswell" in out.read_text()
+
+
+def test_targets_are_met_missed_or_beyond_the_measured_peak():
+    """A ratio at or above the target is met; below it, the target is beyond the peak when the time it
+    needs would run the workload's textbook FLOPs faster than the measured matmul peak; a missing
+    peer leaves it unmeasured."""
+    from benchmarks import targets
+
+    def cell(impl, name, dtype, seconds):
+        return {"impl": impl, "workload": name, "dtype": dtype, "status": "ok", "timing": {"median": seconds}}
+
+    proto = next(w for w in WORKLOADS if w.name == "protonet-5shot-e32")
+    gflop = flops.meta_iteration(proto) / 1e9  # ~3.4
+    results = {"workloads": ["sinusoid-maml1", "protonet-5shot-e32"], "dtypes": ["float32", "float64"],
+               "threads": [1, 2], "peaks": [{"threads": 1, "gflops": {"float32": 200.0, "float64": 100.0}},
+                                            {"threads": 2, "gflops": {"float32": 400.0, "float64": 200.0}}]}
+    cells = {}
+    for impl, name, dtype, threads, seconds in [
+            ("tinymeta", "sinusoid-maml1", "float32", 1, 300e-6), ("jax", "sinusoid-maml1", "float32", 1, 250e-6),
+            ("torch-eager", "sinusoid-maml1", "float32", 1, 13e-3), ("tinymeta", "sinusoid-maml1", "float32", 2, 150e-6),
+            ("tinymeta", "protonet-5shot-e32", "float32", 1, gflop / 160.0),  # 80% of the peak
+            ("jax", "protonet-5shot-e32", "float32", 1, gflop / 170.0),  # 1.5x it needs 127% of the peak
+            ("tinymeta", "protonet-5shot-e32", "float64", 1, gflop / 50.0),
+            ("jax", "protonet-5shot-e32", "float64", 1, gflop / 40.0),  # 1.5x it needs 60%: reachable
+            ("tinymeta", "protonet-5shot-e32", "float32", 2, gflop / 250.0)]:
+        cells[(impl, name, dtype, threads)] = cell(impl, name, dtype, seconds)
+    rows = targets.check(results, cells, report._peak)
+    jax_2x, eager_40x, _, _, proto_15x, threads_17x = (t.label for t in targets.TARGETS)
+    row = {(r["target"], r["workload"], r["dtype"]): r for r in rows}
+    jax = row[(jax_2x, "sinusoid-maml1", "float32")]
+    assert jax["threads"] == 1 and jax["measured"] == pytest.approx(250 / 300) and jax["status"] == targets.MISSED
+    assert jax["needed_s"] == pytest.approx(125e-6)
+    assert jax["share"] == pytest.approx(flops.meta_iteration(WORKLOADS[0]) / 125e-6 / 200e9)
+    assert row[(jax_2x, "sinusoid-maml1", "float64")]["status"] == targets.UNMEASURED
+    eager = row[(eager_40x, "sinusoid-maml1", "float32")]
+    assert eager["measured"] == pytest.approx(13e-3 / 300e-6) and eager["status"] == targets.MET
+    p32, p64 = row[(proto_15x, "protonet-5shot-e32", "float32")], row[(proto_15x, "protonet-5shot-e32", "float64")]
+    assert p32["status"] == targets.BEYOND and p32["share"] == pytest.approx(170 * 1.5 / 200)
+    assert p64["status"] == targets.MISSED and p64["share"] == pytest.approx(40 * 1.5 / 100)
+    two, two_p = row[(threads_17x, "sinusoid-maml1", "float32")], row[(threads_17x, "protonet-5shot-e32", "float32")]
+    assert two["threads"] == 2 and two["measured"] == pytest.approx(2.0) and two["status"] == targets.MET
+    assert two_p["measured"] == pytest.approx(250 / 160) and two_p["status"] == targets.MISSED
+    assert two_p["share"] == pytest.approx(gflop * 1e9 / (gflop / 160 / 1.7) / 400e9)
+    text = "\n".join(targets.render(targets.check(results, cells, report._peak)))
+    assert "**missed: needs more than the peak**" in text and "of which 1 needs more than the measured peak" in text
+    assert "Met: 2 of 10. Missed: 4, of which 1 needs" in text and "Not measured: 4." in text  # the float64 rows without a peer or 2 threads
