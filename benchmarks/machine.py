@@ -63,6 +63,15 @@ def _git(*args):
         return ""
 
 
+def cpu_name(described) -> str | None:
+    """``"AMD EPYC, Zen 5 (family 1Ah), family/model 26/2"`` from ``describe()``'s dict; None without
+    a CPU model in it (a run's raw results from before it was recorded)."""
+    if not described or not described.get("cpu_model"):
+        return None
+    core = f", {described['cpu_core']}" if described.get("cpu_core") else ""
+    return f"{described['cpu_model']}{core}, family/model {described.get('cpu_family_model')}"
+
+
 def describe() -> dict:
     """A JSON-ready description of the machine and the checkout being measured."""
     cpu = cpuinfo()

@@ -1,7 +1,7 @@
 """BENCHMARKS.md from one run's results (``run.main`` builds the ``results`` dict)."""
 from __future__ import annotations
 
-from . import agreement, flops, targets
+from . import agreement, flops, machine, targets
 from .workloads import WORKLOADS
 
 IMPL_ORDER = ("tinymeta", "torch-eager", "torch.func", "jax")
@@ -158,18 +158,24 @@ SPEED_CHANGE = 0.8  # a one-thread matmul peak below this fraction of the previo
 
 
 def _machine_speed_note(results) -> list:
-    """A note when one core's matmul peak differs clearly from the previous full run's (``previous_peak``):
-    a virtual machine's CPU can run at half speed for an hour or more with nothing else running on it
-    (the load average does not show it), and absolute times then differ between the runs."""
+    """A note when this run's CPU is not the previous full run's (``previous_peak``), or one core's
+    matmul peak differs clearly from it: the virtual machine this project runs on has moved between
+    hosts (one core's float32 peak 213 GFLOP/s on its Zen 5, 104 on its Zen 4), and absolute times then
+    differ between the runs."""
     previous, now = results.get("previous_peak"), _peak(results, "float32", 1)
-    if results["quick"] or not previous or not now or SPEED_CHANGE <= now / previous["float32"] <= 1 / SPEED_CHANGE:
+    if results["quick"] or not previous or not now:
         return []
-    change = "slower" if now < previous["float32"] else "faster"
-    return [f"> **The machine ran {change} than in the previous run**: one core reached {now:.0f} float32 "
-            f"GFLOP/s on the matmul peak (below), {now / previous['float32']:.0%} of the {previous['float32']:.0f} "
-            f"measured by the run of {previous['date']}. The times of the two runs are not comparable; the ratios "
-            "between libraries within one run compare them under the same conditions (which need not slow every "
-            "library alike).", ""]
+    cpu, before = machine.cpu_name(results.get("machine")), previous.get("cpu")
+    moved = bool(cpu and before and cpu != before)
+    if not moved and SPEED_CHANGE <= now / previous["float32"] <= 1 / SPEED_CHANGE:
+        return []
+    change = "on another CPU" if moved else "slower" if now < previous["float32"] else "faster"
+    where = f" ({cpu}; the previous run: {before})" if moved else ""
+    return [f"> **The machine ran {change} than in the previous run**{where}: one core reached {now:.0f} "
+            f"float32 GFLOP/s on the matmul peak (below), {now / previous['float32']:.0%} of the "
+            f"{previous['float32']:.0f} measured by the run of {previous['date']}. The times of the two runs are "
+            "not comparable; the ratios between libraries within one run compare them under the same conditions "
+            "(which need not slow every library alike).", ""]
 
 
 def _peaks(results) -> list:

@@ -173,16 +173,18 @@ def failures_of(workers, agreement_rows):
 
 
 def previous_peak(path) -> dict | None:
-    """``{"date", "float32", "float64"}``: the best one-thread matmul GFLOP/s of the full run whose raw
-    results ``path`` holds (the one this run replaces), for the report to compare with this run's.
-    None when there is no such file, it cannot be read, or it is a ``--quick`` run (a small matmul)."""
+    """``{"date", "float32", "float64", "cpu"}``: the best one-thread matmul GFLOP/s of the full run whose
+    raw results ``path`` holds (the one this run replaces), and its CPU (``machine.cpu_name``, None if
+    not recorded), for the report to compare with this run's. None when there is no such file, it
+    cannot be read, or it is a ``--quick`` run (a small matmul)."""
     try:
         old = json.loads(Path(path).read_text())
         if old["quick"]:
             return None
         rows = [p["gflops"] for p in old["peaks"] if p.get("threads") == 1 and "gflops" in p]
-        return {"date": old["date"], **{dtype: max(float(r[dtype]) for r in rows) for dtype in ("float32", "float64")}}
-    except (OSError, ValueError, KeyError, TypeError):
+        best = {dtype: max(float(r[dtype]) for r in rows) for dtype in ("float32", "float64")}
+        return {"date": old["date"], **best, "cpu": machine.cpu_name(old.get("machine"))}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

@@ -256,7 +256,7 @@ def test_report_warns_when_tinymeta_ran_slower_blas_kernels_than_the_best_measur
     assert report._blas_family_note({**results("Haswell"), "workers": []}) == []
 
 
-def test_report_notes_a_machine_much_slower_or_faster_than_in_the_previous_run(tmp_path):
+def test_report_notes_another_cpu_or_a_machine_much_slower_or_faster_than_in_the_previous_run(tmp_path):
     from benchmarks import run
 
     peaks = [{"threads": 1, "gflops": {"float32": 100.0, "float64": 50.0}},
@@ -267,7 +267,7 @@ def test_report_notes_a_machine_much_slower_or_faster_than_in_the_previous_run(t
         {"threads": 1, "gflops": {"float32": 210.0, "float64": 90.0}},
         {"threads": 2, "gflops": {"float32": 400.0, "float64": 180.0}}]}))
     previous = run.previous_peak(last)
-    assert previous == {"date": "2026-12-02T16:14:55+00:00", "float32": 210.0, "float64": 90.0}
+    assert previous == {"date": "2026-12-02T16:14:55+00:00", "float32": 210.0, "float64": 90.0, "cpu": None}
     note = report._machine_speed_note({"quick": False, "previous_peak": previous, "peaks": peaks})
     assert "ran slower than in the previous run" in note[0] and "48% of the 210" in note[0]
     assert "2026-12-02T16:14:55" in note[0]
@@ -277,8 +277,24 @@ def test_report_notes_a_machine_much_slower_or_faster_than_in_the_previous_run(t
     assert report._machine_speed_note({"quick": False, "previous_peak": previous, "peaks": similar}) == []
     assert report._machine_speed_note({"quick": True, "previous_peak": previous, "peaks": peaks}) == []
     assert report._machine_speed_note({"quick": False, "previous_peak": None, "peaks": peaks}) == []
+    # another CPU is noted whatever its speed; the same CPU, or one not recorded, only by the speed
+    zen5 = {"cpu_model": "AMD EPYC", "cpu_core": "Zen 5 (family 1Ah)", "cpu_family_model": "26/2"}
+    zen4 = {"cpu_model": "AMD EPYC", "cpu_core": "Zen 4 (family 19h)", "cpu_family_model": "25/17"}
+    last.write_text(json.dumps({"date": "d", "quick": False,
+                                "machine": zen5, "peaks": [{"threads": 1, "gflops": {"float32": 210.0, "float64": 90.0}}]}))
+    previous = run.previous_peak(last)
+    assert previous["cpu"] == "AMD EPYC, Zen 5 (family 1Ah), family/model 26/2"
+    moved = report._machine_speed_note({"quick": False, "previous_peak": previous, "peaks": peaks, "machine": zen4})
+    assert "ran on another CPU than in the previous run** (AMD EPYC, Zen 4 (family 19h), family/model 25/17; " \
+           "the previous run: AMD EPYC, Zen 5" in moved[0] and "48% of the 210" in moved[0]
+    assert "on another CPU" in report._machine_speed_note({"quick": False, "previous_peak": previous,
+                                                           "peaks": similar, "machine": zen4})[0]
+    assert report._machine_speed_note({"quick": False, "previous_peak": previous, "peaks": similar, "machine": zen5}) == []
+    assert "ran slower" in report._machine_speed_note({"quick": False, "previous_peak": previous, "peaks": peaks,
+                                                       "machine": {}})[0]
     for text in ("", "{", json.dumps({"date": "x", "quick": True, "peaks": []}), json.dumps({"quick": False}),
-                 json.dumps({"date": "x", "quick": False, "peaks": [{"threads": 2, "gflops": {}}]})):
+                 json.dumps({"date": "x", "quick": False, "peaks": [{"threads": 2, "gflops": {}}]}),
+                 json.dumps({"date": "x", "quick": False, "machine": "zen", "peaks": peaks})):
         last.write_text(text)
         assert run.previous_peak(last) is None, text
     assert run.previous_peak(tmp_path / "missing.json") is None
