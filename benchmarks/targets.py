@@ -67,8 +67,7 @@ def check(results, cells, peak) -> list:
                 if dtype not in results["dtypes"] or threads not in results["threads"]:
                     continue
                 mine = _median(cells, "tinymeta", name, dtype, threads)
-                base = (_median(cells, target.peer, name, dtype, 1) if target.peer
-                        else _median(cells, "tinymeta", name, dtype, 1))
+                base = _median(cells, target.peer or "tinymeta", name, dtype, 1)
                 row = {"target": target.label, "workload": name, "dtype": dtype, "threads": threads,
                        "required": target.ratio, "measured": None, "needed_s": None, "share": None,
                        "status": UNMEASURED}
