@@ -69,8 +69,7 @@ def check(results, cells, peak) -> list:
                 mine = _median(cells, "tinymeta", name, dtype, threads)
                 base = _median(cells, target.peer or "tinymeta", name, dtype, 1)
                 row = {"target": target.label, "workload": name, "dtype": dtype, "threads": threads,
-                       "required": target.ratio, "measured": None, "needed_s": None, "share": None,
-                       "status": UNMEASURED}
+                       "measured": None, "needed_s": None, "share": None, "status": UNMEASURED}
                 if mine is not None and base is not None:
                     needed = base / target.ratio
                     best = peak(results, dtype, threads)
